@@ -1,0 +1,919 @@
+//! The coordinator: what spans shards. Waiting requests and their deadlines, sessions,
+//! per-namespace counts, deadlock detection, and every operation that needs them.
+//!
+//! Its operations take every shard of the table (`shards`, indexed by
+//! [`Layout::shard_of`]) together with the coordinator itself, so a caller that keeps
+//! shards behind separate locks takes all of them (in index order) for these operations.
+//! Only the hot single-shard paths of [`Shard`] run without it.
+
+use std::collections::{BTreeSet, HashMap};
+use std::hash::Hash;
+use std::sync::Arc;
+use std::time::Duration;
+
+use smallvec::SmallVec;
+
+use crate::config::Config;
+use crate::effects::{Effects, LostReason, Wake};
+use crate::error::{Error, Holder, Result};
+use crate::event::EventKind;
+use crate::layout::Layout;
+use crate::mode::Mode;
+use crate::owner::OwnerId;
+use crate::request::{Acquire, Acquired, Grant, Granted, RequestId, Wait};
+use crate::session::{SessionId, SessionInfo};
+use crate::shard::{
+    check_compatible_request, retried_granted, validate_request, Entry, GrantSpec, KeyState, Occupancy, Shard, Timer,
+};
+use crate::time::Instant;
+
+/// A queued request.
+#[derive(Clone, Debug)]
+struct Pending<K> {
+    owner: OwnerId,
+    keys: SmallVec<[K; 1]>,
+    mode: Mode,
+    ttl: Option<Duration>,
+    session: Option<SessionId>,
+    deadline: Option<Instant>,
+    request_id: Option<Arc<str>>,
+    lock_delay: Option<Duration>,
+}
+
+impl<K> Pending<K> {
+    fn spec(&self) -> GrantSpec<'_> {
+        GrantSpec {
+            owner: &self.owner,
+            mode: self.mode,
+            ttl: self.ttl,
+            session: self.session,
+            request_id: self.request_id.as_ref(),
+            lock_delay: self.lock_delay,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Session {
+    ttl: Duration,
+    expires_at: Instant,
+    holds: usize,
+}
+
+/// Who holds and waits for one key, as reported by [`Coordinator::status`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyStatus {
+    /// The current holds, one per (owner, mode).
+    pub holders: Vec<HolderStatus>,
+    /// How many requests wait in the key's queue.
+    pub waiters: usize,
+    /// Until when a lock-delay keeps the key unclaimable, if one is running.
+    pub delayed_until: Option<Instant>,
+}
+
+/// One hold, as reported by [`Coordinator::status`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HolderStatus {
+    /// Owner, mode, count and token.
+    pub holder: Holder,
+    /// The session the hold belongs to.
+    pub session: Option<SessionId>,
+    /// When the hold expires, if it has a TTL.
+    pub expires_at: Option<Instant>,
+}
+
+/// The cross-shard half of a lock table. See the module documentation.
+#[derive(Debug)]
+pub struct Coordinator<K> {
+    layout: Layout,
+    config: Arc<Config<K>>,
+    pending: HashMap<RequestId, Pending<K>>,
+    waits_by_owner: HashMap<OwnerId, SmallVec<[RequestId; 2]>>,
+    retries: HashMap<(OwnerId, Arc<str>), RequestId>,
+    deadlines: BTreeSet<(Instant, RequestId)>,
+    sessions: HashMap<SessionId, Session>,
+    session_deadlines: BTreeSet<(Instant, SessionId)>,
+    namespaces: HashMap<String, usize>,
+    last_request: u64,
+    last_session: u64,
+}
+
+impl<K: Hash + Eq + Clone> Coordinator<K> {
+    /// A coordinator for a table configured by `config`; make its shards with
+    /// [`Coordinator::new_shard`].
+    pub fn new(config: Config<K>) -> Self {
+        let layout = Layout::new(config.shards);
+        Coordinator {
+            layout,
+            config: Arc::new(config),
+            pending: HashMap::new(),
+            waits_by_owner: HashMap::new(),
+            retries: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            sessions: HashMap::new(),
+            session_deadlines: BTreeSet::new(),
+            namespaces: HashMap::new(),
+            last_request: 0,
+            last_session: 0,
+        }
+    }
+
+    /// Makes one of the table's shards (call it `layout().shards()` times).
+    pub fn new_shard(&self) -> Shard<K> {
+        Shard::new(self.config.clone())
+    }
+
+    /// Which shard each key lives in.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The table's configuration.
+    pub fn config(&self) -> &Config<K> {
+        &self.config
+    }
+
+    fn shard<'s>(&self, shards: &'s [&mut Shard<K>], key: &K) -> &'s Shard<K> {
+        shards[self.layout.shard_of(key)]
+    }
+
+    fn shard_mut<'s>(&self, shards: &'s mut [&mut Shard<K>], key: &K) -> &'s mut Shard<K> {
+        shards[self.layout.shard_of(key)]
+    }
+
+    fn key_state<'s>(&self, shards: &'s [&mut Shard<K>], key: &K) -> Option<&'s KeyState> {
+        self.shard(shards, key).keys.get(key)
+    }
+
+    /// Acquires one key or several (all or nothing), queueing the request when it may wait.
+    ///
+    /// A request is granted at once when, on every key, it is compatible with the other
+    /// owners' holds and with every earlier queued request of another owner (a holder's
+    /// re-entry or mode conversion is checked against holds only). Otherwise a try fails
+    /// with `busy`, and a waiting request is queued at the tail of every key's queue (a
+    /// holder's conversion ahead of non-holders) — unless queueing would close a cycle of
+    /// owners waiting on each other, in which case it fails with `deadlock`.
+    ///
+    /// # Errors
+    /// `invalid_argument`, `busy`, `deadlock`, `session_expired`, `limit_exceeded`; on error
+    /// nothing changed.
+    pub fn acquire(
+        &mut self,
+        shards: &mut [&mut Shard<K>],
+        mut req: Acquire<K>,
+        now: Instant,
+        fx: &mut Effects<K>,
+    ) -> Result<Acquired<K>> {
+        validate_request(&req, &self.config)?;
+        dedup(&mut req.keys);
+        if let Some(session) = req.session {
+            self.live_session(session, now)?;
+        }
+        if let Some(answer) = self.retry_answer(shards, &req)? {
+            return Ok(answer);
+        }
+        let mut admitted = true;
+        let mut first_blocked = None;
+        for key in &req.keys {
+            if let Some(ks) = self.key_state(shards, key) {
+                check_compatible_request(ks, &req)?;
+                if !ks.admits(&req.owner, req.mode, ks.queue.len(), now) {
+                    admitted = false;
+                    first_blocked.get_or_insert(key);
+                }
+            }
+        }
+        if admitted {
+            self.check_grant_limits(shards, &req.keys, &req.owner, req.mode, req.session)?;
+            self.check_namespace_limits(shards, &req.keys)?;
+            let grant = self.grant_keys(shards, &req.keys, &GrantSpec::from(&req), now, fx);
+            return Ok(Acquired::Granted(grant));
+        }
+        if req.wait == Wait::NoWait {
+            let holders = first_blocked.and_then(|k| self.key_state(shards, k)).map(KeyState::holders);
+            return Err(Error::Busy { holders: holders.unwrap_or_default() });
+        }
+        self.enqueue(shards, req, now, fx)
+    }
+
+    /// The answer to a retried request id, if this is one.
+    fn retry_answer(&self, shards: &[&mut Shard<K>], req: &Acquire<K>) -> Result<Option<Acquired<K>>> {
+        let Some(id) = &req.request_id else { return Ok(None) };
+        if let Some(&request) = self.retries.get(&(req.owner.clone(), id.clone())) {
+            let pending = &self.pending[&request];
+            if pending.mode != req.mode || pending.keys != req.keys {
+                return Err(Error::invalid("request_id", "already used for a different request"));
+            }
+            return Ok(Some(Acquired::Waiting { request, deadline: pending.deadline }));
+        }
+        let mut holds = SmallVec::new();
+        for key in &req.keys {
+            match self.key_state(shards, key).and_then(|ks| retried_granted(ks, key, req, id)) {
+                Some(granted) => holds.push(granted),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(Acquired::Granted(Grant {
+            owner: req.owner.clone(),
+            mode: req.mode,
+            session: req.session,
+            holds,
+            retried: true,
+        })))
+    }
+
+    fn enqueue(
+        &mut self,
+        shards: &mut [&mut Shard<K>],
+        req: Acquire<K>,
+        now: Instant,
+        fx: &mut Effects<K>,
+    ) -> Result<Acquired<K>> {
+        if let Some(max) = self.config.limits.max_waiters_per_key {
+            if req.keys.iter().any(|k| self.key_state(shards, k).is_some_and(|ks| ks.queue.len() >= max)) {
+                return Err(Error::limit("waiters_per_key", max));
+            }
+        }
+        self.check_namespace_limits(shards, &req.keys)?;
+        self.last_request += 1;
+        let request = RequestId(self.last_request);
+        for key in &req.keys {
+            let created = !self.shard(shards, key).keys.contains_key(key);
+            let ks = self.shard_mut(shards, key).keys.entry(key.clone()).or_default();
+            let entry = Entry { request, owner: req.owner.clone(), mode: req.mode };
+            if ks.holds_of(&req.owner) {
+                // A holder's conversion goes ahead of requests by non-holders: they wait for
+                // its hold anyway, and queueing it behind them would deadlock it at once.
+                let at = ks.queue.iter().take_while(|e| ks.holds_of(&e.owner)).count();
+                ks.queue.insert(at, entry);
+            } else {
+                ks.queue.push_back(entry);
+            }
+            if created {
+                self.count_key(key, 1);
+            }
+        }
+        let deadline = match req.wait {
+            Wait::Timeout(d) => Some(now + d),
+            _ => None,
+        };
+        let pending = Pending {
+            owner: req.owner,
+            keys: req.keys,
+            mode: req.mode,
+            ttl: req.ttl,
+            session: req.session,
+            deadline,
+            request_id: req.request_id,
+            lock_delay: req.lock_delay,
+        };
+        let owner = pending.owner.clone();
+        self.waits_by_owner.entry(owner.clone()).or_default().push(request);
+        self.pending.insert(request, pending);
+        if let Some(cycle) = self.find_cycle(shards, &owner) {
+            self.unqueue(shards, request, now);
+            return Err(Error::Deadlock { cycle });
+        }
+        let pending = &self.pending[&request];
+        if let Some(id) = &pending.request_id {
+            self.retries.insert((owner, id.clone()), request);
+        }
+        if let Some(at) = deadline {
+            self.deadlines.insert((at, request));
+            fx.deadline(at);
+        }
+        Ok(Acquired::Waiting { request, deadline })
+    }
+
+    /// Removes a queued request from the coordinator and from every queue it stands in,
+    /// returning it and the keys whose queues it left.
+    fn unqueue(&mut self, shards: &mut [&mut Shard<K>], request: RequestId, _now: Instant) -> Option<Pending<K>> {
+        let pending = self.pending.remove(&request)?;
+        for key in &pending.keys {
+            let shard = self.shard_mut(shards, key);
+            if let Some(ks) = shard.keys.get_mut(key) {
+                ks.queue.retain(|e| e.request != request);
+            }
+            if shard.drop_if_idle(key) {
+                self.count_key(key, -1);
+            }
+        }
+        if let Some(list) = self.waits_by_owner.get_mut(&pending.owner) {
+            list.retain(|r| *r != request);
+            if list.is_empty() {
+                self.waits_by_owner.remove(&pending.owner);
+            }
+        }
+        if let Some(id) = &pending.request_id {
+            self.retries.remove(&(pending.owner.clone(), id.clone()));
+        }
+        if let Some(at) = pending.deadline {
+            self.deadlines.remove(&(at, request));
+        }
+        Some(pending)
+    }
+
+    /// Grants `keys` in the name of `spec`, counting new session holds.
+    fn grant_keys(
+        &mut self,
+        shards: &mut [&mut Shard<K>],
+        keys: &[K],
+        spec: &GrantSpec<'_>,
+        now: Instant,
+        fx: &mut Effects<K>,
+    ) -> Grant<K> {
+        let mut holds = SmallVec::new();
+        for key in keys {
+            let created = !self.shard(shards, key).keys.contains_key(key);
+            let granted = self.shard_mut(shards, key).grant(key, spec, now, fx);
+            if created {
+                self.count_key(key, 1);
+            }
+            if granted.count == 1 {
+                if let Some(session) = spec.session.and_then(|s| self.sessions.get_mut(&s)) {
+                    session.holds += 1;
+                }
+            }
+            holds.push(granted);
+        }
+        Grant { owner: spec.owner.clone(), mode: spec.mode, session: spec.session, holds, retried: false }
+    }
+
+    fn check_grant_limits(
+        &self,
+        shards: &[&mut Shard<K>],
+        keys: &[K],
+        owner: &OwnerId,
+        mode: Mode,
+        session: Option<SessionId>,
+    ) -> Result<()> {
+        let (Some(max), Some(session)) = (self.config.limits.max_holds_per_session, session) else {
+            return Ok(());
+        };
+        let new = keys
+            .iter()
+            .filter(|k| self.key_state(shards, k).and_then(|ks| ks.hold_index(owner, mode)).is_none())
+            .count();
+        if self.sessions.get(&session).map_or(0, |s| s.holds) + new > max {
+            return Err(Error::limit("holds_per_session", max));
+        }
+        Ok(())
+    }
+
+    fn check_namespace_limits(&self, shards: &[&mut Shard<K>], keys: &[K]) -> Result<()> {
+        let (Some(max), Some(namespace_of)) = (self.config.limits.max_keys_per_namespace, self.config.namespace_of)
+        else {
+            return Ok(());
+        };
+        let mut new: HashMap<&str, usize> = HashMap::new();
+        for key in keys.iter().filter(|k| self.key_state(shards, k).is_none()) {
+            *new.entry(namespace_of(key)).or_default() += 1;
+        }
+        for (ns, n) in new {
+            if self.namespaces.get(ns).copied().unwrap_or(0) + n > max {
+                return Err(Error::limit("keys_per_namespace", max));
+            }
+        }
+        Ok(())
+    }
+
+    fn count_key(&mut self, key: &K, delta: isize) {
+        let (Some(_), Some(namespace_of)) = (self.config.limits.max_keys_per_namespace, self.config.namespace_of)
+        else {
+            return;
+        };
+        let ns = namespace_of(key);
+        let count = self.namespaces.entry(ns.to_owned()).or_default();
+        *count = count.saturating_add_signed(delta);
+        if *count == 0 {
+            self.namespaces.remove(ns);
+        }
+    }
+
+    /// Grants every queued request of `keys` that may be granted now, and of any key those
+    /// grants touch, until nothing more can be granted. This is what keeps the promise
+    /// that no request stays queued while it could be granted.
+    fn pump(
+        &mut self,
+        shards: &mut [&mut Shard<K>],
+        keys: impl IntoIterator<Item = K>,
+        now: Instant,
+        fx: &mut Effects<K>,
+    ) {
+        let mut work: Vec<K> = keys.into_iter().collect();
+        while let Some(key) = work.pop() {
+            while let Some(ks) = self.key_state(shards, &key) {
+                let candidates = admissible_entries(ks, now);
+                let mut granted_any = false;
+                for request in candidates {
+                    let Some(pending) = self.pending.get(&request) else { continue };
+                    // Judged afresh: grants earlier in this pass may have changed any key.
+                    let ready = pending.keys.iter().all(|k| {
+                        self.key_state(shards, k).is_some_and(|ks| {
+                            let pos = ks.queue.iter().position(|e| e.request == request);
+                            pos.is_some_and(|pos| ks.admits(&pending.owner, pending.mode, pos, now))
+                        })
+                    });
+                    if ready {
+                        let others: SmallVec<[K; 4]> = pending.keys.iter().filter(|k| *k != &key).cloned().collect();
+                        self.grant_pending(shards, request, now, fx);
+                        work.extend(others);
+                        granted_any = true;
+                    }
+                }
+                if !granted_any {
+                    break;
+                }
+            }
+            if self.shard_mut(shards, &key).drop_if_idle(&key) {
+                self.count_key(&key, -1);
+            }
+        }
+    }
+
+    fn grant_pending(&mut self, shards: &mut [&mut Shard<K>], request: RequestId, now: Instant, fx: &mut Effects<K>) {
+        let pending = self.unqueue(shards, request, now).expect("BUG: granting a request that is not queued");
+        let grant = self.grant_keys(shards, &pending.keys, &pending.spec(), now, fx);
+        fx.wakes.push(Wake { request, owner: pending.owner, outcome: Ok(grant) });
+    }
+
+    /// Withdraws a queued request (its waiter gave up or went away). Requests behind it are
+    /// reconsidered. Returns whether it was still queued: `false` means it was already
+    /// granted or failed, and its [`Wake`] is on its way.
+    pub fn cancel(
+        &mut self,
+        shards: &mut [&mut Shard<K>],
+        request: RequestId,
+        now: Instant,
+        fx: &mut Effects<K>,
+    ) -> bool {
+        self.fail_pending(shards, request, None, now, fx)
+    }
+
+    fn fail_pending(
+        &mut self,
+        shards: &mut [&mut Shard<K>],
+        request: RequestId,
+        error: Option<Error>,
+        now: Instant,
+        fx: &mut Effects<K>,
+    ) -> bool {
+        let Some(pending) = self.unqueue(shards, request, now) else { return false };
+        if self.config.record_events {
+            for key in &pending.keys {
+                self.shard(shards, key).event(EventKind::Cancelled, key, &pending.owner, pending.mode, 0, 0, fx);
+            }
+        }
+        if let Some(error) = error {
+            fx.wakes.push(Wake { request, owner: pending.owner.clone(), outcome: Err(error) });
+        }
+        self.pump(shards, pending.keys, now, fx);
+        true
+    }
+
+    /// Releases one level of `owner`'s hold of `key` in `mode` (its only mode when `None`).
+    /// With a fencing `token`, only the hold carrying that token is released (a guard of a
+    /// hold that already ended must not release a newer one). Returns the count left; at
+    /// zero the hold ends and the key's queue is reconsidered.
+    ///
+    /// # Errors
+    /// `not_held` when nobody holds the key (or the token's hold is gone), `not_owner` when
+    /// others hold it, `invalid_argument` when `mode` is needed; nothing changes then.
+    #[allow(clippy::too_many_arguments)]
+    pub fn release(
+        &mut self,
+        shards: &mut [&mut Shard<K>],
+        key: &K,
+        owner: &OwnerId,
+        mode: Option<Mode>,
+        token: Option<u64>,
+        now: Instant,
+        fx: &mut Effects<K>,
+    ) -> Result<u32> {
+        let shard = self.shard_mut(shards, key);
+        let idx = shard.find_hold(key, owner, mode, token)?;
+        let hold = &shard.keys[key].holds[idx];
+        if hold.count > 1 {
+            return Ok(shard.release_level(key, idx, now, fx));
+        }
+        self.end_hold(shards, key, idx, None, now, fx);
+        self.pump(shards, [key.clone()], now, fx);
+        Ok(0)
+    }
+
+    /// Ends a hold entirely (all levels), keeping session counts right.
+    fn end_hold(
+        &mut self,
+        shards: &mut [&mut Shard<K>],
+        key: &K,
+        idx: usize,
+        reason: Option<LostReason>,
+        now: Instant,
+        fx: &mut Effects<K>,
+    ) {
+        let hold = self.shard_mut(shards, key).end_hold(key, idx, reason, now, fx);
+        if let Some(session) = hold.session.and_then(|s| self.sessions.get_mut(&s)) {
+            session.holds = session.holds.saturating_sub(1);
+        }
+    }
+
+    /// Sets the expiry of `owner`'s hold of `key` to `now + ttl`.
+    ///
+    /// # Errors
+    /// As [`Coordinator::release`], and `invalid_argument` for a zero TTL.
+    #[allow(clippy::too_many_arguments)]
+    pub fn refresh(
+        &mut self,
+        shards: &mut [&mut Shard<K>],
+        key: &K,
+        owner: &OwnerId,
+        mode: Option<Mode>,
+        ttl: Duration,
+        now: Instant,
+        fx: &mut Effects<K>,
+    ) -> Result<Instant> {
+        if ttl.is_zero() {
+            return Err(Error::invalid("ttl", "must be greater than zero"));
+        }
+        let shard = self.shard_mut(shards, key);
+        let idx = shard.find_hold(key, owner, mode, None)?;
+        let mode = shard.keys[key].holds[idx].mode;
+        let at = now + ttl;
+        shard.move_expiry(key, owner, mode, at, fx);
+        Ok(at)
+    }
+
+    /// Hands `from`'s hold of `key` in `mode` to `to`, with all its levels, its session and
+    /// its expiry. `to` gets a new fencing token (unless it already held the key in that
+    /// mode: then the levels join its hold); `from`'s guards are told the hold is lost.
+    /// Requests queued on the key keep waiting.
+    ///
+    /// # Errors
+    /// As [`Coordinator::release`]; `invalid_argument` when `from` and `to` are the same;
+    /// `deadlock` when `to` waits (transitively) for a request queued on this key, since
+    /// that request would then wait for `to`. Nothing changes on error.
+    #[allow(clippy::too_many_arguments)]
+    pub fn transfer(
+        &mut self,
+        shards: &mut [&mut Shard<K>],
+        key: &K,
+        from: &OwnerId,
+        mode: Option<Mode>,
+        to: &OwnerId,
+        now: Instant,
+        fx: &mut Effects<K>,
+    ) -> Result<Granted<K>> {
+        if from.same(to) {
+            return Err(Error::invalid("owner", "a hold cannot be transferred to its own owner"));
+        }
+        let shard = self.shard(shards, key);
+        let idx = shard.find_hold(key, from, mode, None)?;
+        let ks = &shard.keys[key];
+        let waiting: Vec<OwnerId> = ks.queue.iter().filter(|e| !e.owner.same(to)).map(|e| e.owner.clone()).collect();
+        if let Some(path) = self.path_to_any(shards, to, &waiting) {
+            return Err(Error::Deadlock { cycle: path });
+        }
+        let hold = ks.holds[idx].clone();
+        self.end_hold(shards, key, idx, Some(LostReason::Transferred), now, fx);
+        let spec = GrantSpec {
+            owner: to,
+            mode: hold.mode,
+            ttl: None,
+            session: hold.session,
+            request_id: None,
+            lock_delay: hold.lock_delay,
+        };
+        let mut granted = self.grant_keys(shards, std::slice::from_ref(key), &spec, now, fx).holds.remove(0);
+        let shard = self.shard_mut(shards, key);
+        let ks = shard.keys.get_mut(key).expect("BUG: just granted");
+        let new_idx = ks.hold_index(to, hold.mode).expect("BUG: just granted");
+        let new_hold = &mut ks.holds[new_idx];
+        new_hold.count = new_hold.count.checked_add(hold.count - 1).expect("lock count overflow");
+        new_hold.request_ids.extend(hold.request_ids);
+        granted.count = new_hold.count;
+        let later = match (new_hold.expiry.map(|(at, _)| at), hold.expiry.map(|(at, _)| at)) {
+            (None, theirs) => theirs,
+            (Some(mine), Some(theirs)) if theirs > mine => Some(theirs),
+            _ => None,
+        };
+        if let Some(at) = later {
+            shard.move_expiry(key, to, hold.mode, at, fx);
+            granted.expires_at = Some(at);
+        }
+        self.pump(shards, [key.clone()], now, fx);
+        Ok(granted)
+    }
+
+    /// Ends every hold of `key` (administrative force release); their guards are told.
+    /// Returns how many holds ended.
+    pub fn force_release(&mut self, shards: &mut [&mut Shard<K>], key: &K, now: Instant, fx: &mut Effects<K>) -> usize {
+        let mut ended = 0;
+        while self.key_state(shards, key).is_some_and(|ks| !ks.holds.is_empty()) {
+            self.end_hold(shards, key, 0, Some(LostReason::ForceReleased), now, fx);
+            ended += 1;
+        }
+        self.pump(shards, [key.clone()], now, fx);
+        ended
+    }
+
+    /// Ends everything `owner` holds and cancels everything it waits for (its waiters get
+    /// `session_expired`). `voluntary` is Elixir's `goodbye`, a release: no lock-delay
+    /// starts. Otherwise the owner died, and the lock-delays of its holds start. Either
+    /// way its guards are told their holds are gone. Returns how many holds ended.
+    pub fn end_owner(
+        &mut self,
+        shards: &mut [&mut Shard<K>],
+        owner: &OwnerId,
+        voluntary: bool,
+        now: Instant,
+        fx: &mut Effects<K>,
+    ) -> usize {
+        let waits: SmallVec<[RequestId; 2]> = self.waits_by_owner.get(owner).cloned().unwrap_or_default();
+        for request in waits {
+            self.fail_pending(shards, request, Some(Error::SessionExpired), now, fx);
+        }
+        let reason = if voluntary { LostReason::Goodbye } else { LostReason::OwnerEnded };
+        let mut touched = Vec::new();
+        for i in 0..shards.len() {
+            let Some(held) = shards[i].owners.get(owner).cloned() else { continue };
+            for (key, mode) in held {
+                let idx = shards[i].keys[&key].hold_index(owner, mode).expect("BUG: owner index out of date");
+                self.end_hold(shards, &key, idx, Some(reason), now, fx);
+                touched.push(key);
+            }
+        }
+        let ended = touched.len();
+        self.pump(shards, touched, now, fx);
+        ended
+    }
+
+    /// Opens a session with a lease of `ttl`.
+    ///
+    /// # Errors
+    /// `invalid_argument` for a zero TTL; `limit_exceeded` past the session bound.
+    pub fn open_session(&mut self, ttl: Duration, now: Instant, fx: &mut Effects<K>) -> Result<SessionInfo> {
+        if ttl.is_zero() {
+            return Err(Error::invalid("ttl", "must be greater than zero"));
+        }
+        if let Some(max) = self.config.limits.max_sessions {
+            if self.sessions.len() >= max {
+                return Err(Error::limit("sessions", max));
+            }
+        }
+        self.last_session += 1;
+        let id = SessionId(self.last_session);
+        self.restore_session(id, ttl, now, fx);
+        Ok(self.session_info(id).expect("BUG: just opened"))
+    }
+
+    /// Re-creates a session under a known id with a fresh lease (after a restart); later
+    /// sessions get greater ids.
+    pub fn restore_session(&mut self, id: SessionId, ttl: Duration, now: Instant, fx: &mut Effects<K>) {
+        self.last_session = self.last_session.max(id.0);
+        let expires_at = now + ttl;
+        if let Some(old) = self.sessions.insert(id, Session { ttl, expires_at, holds: 0 }) {
+            self.session_deadlines.remove(&(old.expires_at, id));
+            self.sessions.get_mut(&id).expect("BUG: just inserted").holds = old.holds;
+        }
+        self.session_deadlines.insert((expires_at, id));
+        fx.deadline(expires_at);
+    }
+
+    /// Renews a session's lease to `now + ttl`.
+    ///
+    /// # Errors
+    /// `session_expired` when it is unknown, closed or already expired.
+    pub fn keepalive(&mut self, id: SessionId, now: Instant, fx: &mut Effects<K>) -> Result<SessionInfo> {
+        let session = self.live_session(id, now)?;
+        let (old, ttl) = (session.expires_at, session.ttl);
+        self.session_deadlines.remove(&(old, id));
+        let expires_at = now + ttl;
+        self.sessions.get_mut(&id).expect("BUG: checked live").expires_at = expires_at;
+        self.session_deadlines.insert((expires_at, id));
+        fx.deadline(expires_at);
+        Ok(self.session_info(id).expect("BUG: checked live"))
+    }
+
+    fn live_session(&self, id: SessionId, now: Instant) -> Result<&Session> {
+        self.sessions.get(&id).filter(|s| s.expires_at > now).ok_or(Error::SessionExpired)
+    }
+
+    /// A session's lease and hold count, if it is open.
+    pub fn session_info(&self, id: SessionId) -> Option<SessionInfo> {
+        self.sessions.get(&id).map(|s| SessionInfo { id, ttl: s.ttl, expires_at: s.expires_at, holds: s.holds })
+    }
+
+    /// Closes a session: releases all its holds and cancels all its waits at once.
+    ///
+    /// # Errors
+    /// `session_expired` when it is unknown or already ended.
+    pub fn end_session(
+        &mut self,
+        shards: &mut [&mut Shard<K>],
+        id: SessionId,
+        now: Instant,
+        fx: &mut Effects<K>,
+    ) -> Result<()> {
+        if !self.sessions.contains_key(&id) {
+            return Err(Error::SessionExpired);
+        }
+        self.finish_session(shards, id, LostReason::SessionEnded, now, fx);
+        Ok(())
+    }
+
+    fn finish_session(
+        &mut self,
+        shards: &mut [&mut Shard<K>],
+        id: SessionId,
+        reason: LostReason,
+        now: Instant,
+        fx: &mut Effects<K>,
+    ) {
+        if let Some(session) = self.sessions.remove(&id) {
+            self.session_deadlines.remove(&(session.expires_at, id));
+        }
+        let waits: Vec<RequestId> =
+            self.pending.iter().filter(|(_, p)| p.session == Some(id)).map(|(r, _)| *r).collect();
+        for request in waits {
+            self.fail_pending(shards, request, Some(Error::SessionExpired), now, fx);
+        }
+        let mut touched = Vec::new();
+        for shard in shards.iter_mut() {
+            let Some(held) = shard.sessions.get(&id).cloned() else { continue };
+            for (key, owner, mode) in held {
+                let idx = shard.keys[&key].hold_index(&owner, mode).expect("BUG: session index out of date");
+                shard.end_hold(&key, idx, Some(reason), now, fx);
+                touched.push(key);
+            }
+        }
+        self.pump(shards, touched, now, fx);
+    }
+
+    /// Carries out everything due at `now`: TTL expiries, lock-delays that end, wait
+    /// bounds that run out (`timeout`), session leases that run out.
+    #[allow(clippy::needless_range_loop)] // the coordinator re-borrows all shards inside
+    pub fn tick(&mut self, shards: &mut [&mut Shard<K>], now: Instant, fx: &mut Effects<K>) {
+        for i in 0..shards.len() {
+            while let Some(entry) = shards[i].timers.first_entry() {
+                if entry.key().0 > now {
+                    break;
+                }
+                match entry.remove() {
+                    Timer::Expiry { key, owner, mode } => {
+                        let idx = shards[i].keys[&key].hold_index(&owner, mode).expect("BUG: timer of an absent hold");
+                        shards[i].keys.get_mut(&key).expect("BUG: checked").holds[idx].expiry = None;
+                        self.end_hold(shards, &key, idx, Some(LostReason::Expired), now, fx);
+                        self.pump(shards, [key], now, fx);
+                    }
+                    Timer::DelayEnd { key } => {
+                        if let Some(ks) = shards[i].keys.get_mut(&key) {
+                            ks.delay = None;
+                        }
+                        self.pump(shards, [key], now, fx);
+                    }
+                }
+            }
+        }
+        while let Some(&(at, request)) = self.deadlines.first() {
+            if at > now {
+                break;
+            }
+            self.fail_pending(shards, request, Some(Error::Timeout), now, fx);
+        }
+        while let Some(&(at, id)) = self.session_deadlines.first() {
+            if at > now {
+                break;
+            }
+            self.finish_session(shards, id, LostReason::Expired, now, fx);
+        }
+    }
+
+    /// The earliest instant at which [`Coordinator::tick`] has something to do.
+    pub fn next_deadline(&self, shards: &[&mut Shard<K>]) -> Option<Instant> {
+        let shard_next = shards.iter().filter_map(|s| s.next_deadline()).min();
+        let waits = self.deadlines.first().map(|(at, _)| *at);
+        let sessions = self.session_deadlines.first().map(|(at, _)| *at);
+        [shard_next, waits, sessions].into_iter().flatten().min()
+    }
+
+    /// Who holds and waits for `key`, or `None` when it is free and nobody waits.
+    pub fn status(&self, shards: &[&mut Shard<K>], key: &K) -> Option<KeyStatus> {
+        let ks = self.key_state(shards, key)?;
+        Some(KeyStatus {
+            holders: ks
+                .holds
+                .iter()
+                .map(|h| HolderStatus {
+                    holder: Holder { owner: h.owner.clone(), mode: h.mode, count: h.count, fencing_token: h.token },
+                    session: h.session,
+                    expires_at: h.expiry.map(|(at, _)| at),
+                })
+                .collect(),
+            waiters: ks.queue.len(),
+            delayed_until: ks.delay.map(|(at, _)| at),
+        })
+    }
+
+    /// How many requests are queued in all.
+    pub fn waiting(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The owner of a queued request.
+    pub fn waiting_owner(&self, request: RequestId) -> Option<&OwnerId> {
+        self.pending.get(&request).map(|p| &p.owner)
+    }
+
+    /// Looks for a cycle of owners waiting on each other through `start`, following the
+    /// wait-for graph: an owner waits for the owners whose holds, or whose earlier queued
+    /// requests, keep one of its queued requests from being granted. The cycle starts with
+    /// `start`; each owner waits for the next and the last for `start`.
+    fn find_cycle(&self, shards: &[&mut Shard<K>], start: &OwnerId) -> Option<Vec<OwnerId>> {
+        let mut path = self.path_to_any(shards, start, std::slice::from_ref(start))?;
+        path.pop();
+        Some(path)
+    }
+
+    /// A path `from -> ... -> t` in the wait-for graph ending at the first owner `t` of
+    /// `targets` it reaches (both ends included), or `None` when no target is reachable.
+    fn path_to_any(&self, shards: &[&mut Shard<K>], from: &OwnerId, targets: &[OwnerId]) -> Option<Vec<OwnerId>> {
+        if targets.is_empty() {
+            return None;
+        }
+        let mut visited: Vec<OwnerId> = vec![from.clone()];
+        // Depth-first, keeping the path: (owner, its blockers, next blocker to follow).
+        let mut stack: Vec<(OwnerId, Vec<OwnerId>, usize)> = vec![(from.clone(), self.blockers_of(shards, from), 0)];
+        while let Some((_, blockers, next)) = stack.last_mut() {
+            let Some(blocker) = blockers.get(*next).cloned() else {
+                stack.pop();
+                continue;
+            };
+            *next += 1;
+            if targets.iter().any(|t| t.same(&blocker)) {
+                let mut path: Vec<OwnerId> = stack.into_iter().map(|(o, _, _)| o).collect();
+                path.push(blocker);
+                return Some(path);
+            }
+            if visited.iter().any(|v| v.same(&blocker)) {
+                continue;
+            }
+            visited.push(blocker.clone());
+            let further = self.blockers_of(shards, &blocker);
+            stack.push((blocker, further, 0));
+        }
+        None
+    }
+
+    fn blockers_of(&self, shards: &[&mut Shard<K>], owner: &OwnerId) -> Vec<OwnerId> {
+        let mut out = Vec::new();
+        for request in self.waits_by_owner.get(owner).into_iter().flatten() {
+            let pending = &self.pending[request];
+            for key in &pending.keys {
+                let ks = self.key_state(shards, key).expect("BUG: queued on an absent key");
+                let pos = ks.queue.iter().position(|e| e.request == *request).expect("BUG: not in its queue");
+                ks.blockers(owner, pending.mode, pos, &mut out);
+            }
+        }
+        out
+    }
+}
+
+/// The queued requests of a key that may be granted on this key now, in queue order (each
+/// judged as if the earlier ones stayed queued, which for later entries is the same as if
+/// they were granted). One pass, constant work per entry beyond the holder check.
+fn admissible_entries(ks: &KeyState, now: Instant) -> SmallVec<[RequestId; 4]> {
+    let mut held = Occupancy::default();
+    for hold in &ks.holds {
+        held.add(&hold.owner, hold.mode);
+    }
+    let mut seen = Occupancy::default();
+    for hold in &ks.holds {
+        seen.add(&hold.owner, hold.mode);
+    }
+    let delayed = ks.delayed(now);
+    let mut out = SmallVec::new();
+    for entry in &ks.queue {
+        let ok = if ks.holds_of(&entry.owner) {
+            held.admits(&entry.owner, entry.mode)
+        } else {
+            !delayed && seen.admits(&entry.owner, entry.mode)
+        };
+        if ok {
+            out.push(entry.request);
+        }
+        seen.add(&entry.owner, entry.mode);
+    }
+    out
+}
+
+/// Removes repeated keys, keeping first occurrences in order.
+fn dedup<K: Eq>(keys: &mut SmallVec<[K; 1]>) {
+    let mut i = 0;
+    while i < keys.len() {
+        if keys[..i].contains(&keys[i]) {
+            keys.remove(i);
+        } else {
+            i += 1;
+        }
+    }
+}

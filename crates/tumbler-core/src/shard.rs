@@ -1,0 +1,653 @@
+//! One shard of the lock table: the keys that hash to it, their holds and queues, the
+//! per-shard indexes by owner and session, the shard's timers and its fencing counter.
+//!
+//! A shard decides alone whatever concerns only its keys and needs no queue: an immediate
+//! grant, a try that fails, a release that leaves no waiter to wake. Those are the hot
+//! paths, and [`Shard::try_acquire`] / [`Shard::try_release`] run them with only this
+//! shard borrowed. Everything else answers [`Escalate`], and the caller retries through
+//! the coordinator with every shard borrowed ([`crate::Coordinator`]).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::Hash;
+use std::sync::Arc;
+use std::time::Duration;
+
+use smallvec::SmallVec;
+
+use crate::config::Config;
+use crate::effects::{Effects, Lost, LostReason};
+use crate::error::{Error, Holder, Result};
+use crate::event::{Event, EventKind};
+use crate::mode::Mode;
+use crate::owner::OwnerId;
+use crate::request::{Acquire, Acquired, Grant, Granted, RequestId, Wait};
+use crate::session::SessionId;
+use crate::time::Instant;
+
+/// The operation needs more than one shard (a queue, a session, a cross-shard bound):
+/// nothing was changed; retry it through the coordinator.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Escalate;
+
+/// One owner's hold of a key in one mode.
+#[derive(Clone, Debug)]
+pub(crate) struct Hold {
+    pub owner: OwnerId,
+    pub mode: Mode,
+    pub count: u32,
+    pub token: u64,
+    pub session: Option<SessionId>,
+    /// The expiry and the id of its timer in [`Shard::timers`].
+    pub expiry: Option<(Instant, u64)>,
+    /// Request ids of the levels entered, innermost last (for retry de-duplication).
+    pub request_ids: Vec<Arc<str>>,
+    pub lock_delay: Option<Duration>,
+}
+
+/// A waiting request's place in one key's queue.
+#[derive(Clone, Debug)]
+pub(crate) struct Entry {
+    pub request: RequestId,
+    pub owner: OwnerId,
+    pub mode: Mode,
+}
+
+/// Everything about one key with holds, waiters, or a running lock-delay.
+#[derive(Debug, Default)]
+pub(crate) struct KeyState {
+    pub holds: SmallVec<[Hold; 1]>,
+    pub queue: VecDeque<Entry>,
+    /// A lock-delay in force until this instant (and its timer id).
+    pub delay: Option<(Instant, u64)>,
+}
+
+impl KeyState {
+    pub fn is_idle(&self) -> bool {
+        self.holds.is_empty() && self.queue.is_empty() && self.delay.is_none()
+    }
+
+    pub fn holds_of(&self, owner: &OwnerId) -> bool {
+        self.holds.iter().any(|h| h.owner.same(owner))
+    }
+
+    pub fn hold_index(&self, owner: &OwnerId, mode: Mode) -> Option<usize> {
+        self.holds.iter().position(|h| h.owner.same(owner) && h.mode.same_kind(mode))
+    }
+
+    pub fn holders(&self) -> Vec<Holder> {
+        self.holds
+            .iter()
+            .map(|h| Holder { owner: h.owner.clone(), mode: h.mode, count: h.count, fencing_token: h.token })
+            .collect()
+    }
+
+    pub fn delayed(&self, now: Instant) -> bool {
+        self.delay.is_some_and(|(until, _)| until > now)
+    }
+
+    /// The semaphore limit the key is in use with, if any hold or waiter is a semaphore.
+    pub fn semaphore_limit(&self) -> Option<u32> {
+        self.holds.iter().map(|h| h.mode).chain(self.queue.iter().map(|e| e.mode)).find_map(Mode::limit)
+    }
+
+    /// Whether a request by `owner` in `mode`, standing behind the first `earlier` queue
+    /// entries, may be granted now.
+    ///
+    /// This is the fairness rule, in one place: a request by a current holder of the key
+    /// (a re-entry or a conversion between modes) is checked against the other owners'
+    /// holds only; any other request against the other owners' holds *and* every earlier
+    /// queued request of another owner, so nobody overtakes an incompatible waiter.
+    pub fn admits(&self, owner: &OwnerId, mode: Mode, earlier: usize, now: Instant) -> bool {
+        let mut seen = Occupancy::default();
+        for hold in &self.holds {
+            seen.add(&hold.owner, hold.mode);
+        }
+        if self.holds_of(owner) {
+            return seen.admits(owner, mode);
+        }
+        if self.delayed(now) {
+            return false;
+        }
+        for entry in self.queue.iter().take(earlier) {
+            seen.add(&entry.owner, entry.mode);
+        }
+        seen.admits(owner, mode)
+    }
+
+    /// The owners whose holds or earlier queue entries keep the entry at `position` (or a
+    /// new request at the tail, `position == queue.len()`) by `owner` in `mode` from being
+    /// granted: the edges of the wait-for graph.
+    pub fn blockers(&self, owner: &OwnerId, mode: Mode, position: usize, out: &mut Vec<OwnerId>) {
+        let mut push = |o: &OwnerId| {
+            if !o.same(owner) && !out.iter().any(|x| x.same(o)) {
+                out.push(o.clone());
+            }
+        };
+        let is_holder = self.holds_of(owner);
+        let mut parties: Vec<(&OwnerId, Mode)> = self.holds.iter().map(|h| (&h.owner, h.mode)).collect();
+        if !is_holder {
+            parties.extend(self.queue.iter().take(position).map(|e| (&e.owner, e.mode)));
+        }
+        let semaphore_full = match mode {
+            Mode::Semaphore { limit } => {
+                let mut others: Vec<&OwnerId> = Vec::new();
+                for (o, m) in &parties {
+                    if matches!(m, Mode::Semaphore { .. }) && !o.same(owner) && !others.iter().any(|x| x.same(o)) {
+                        others.push(o);
+                    }
+                }
+                others.len() >= limit as usize
+            }
+            _ => false,
+        };
+        for (o, m) in parties {
+            if m.conflicts_with(mode) || (semaphore_full && matches!(m, Mode::Semaphore { .. })) {
+                push(o);
+            }
+        }
+    }
+}
+
+/// The parties (other than the asking owner) seen on a key so far, summarised so that a
+/// queue scan checks each entry in constant time instead of against every earlier one.
+#[derive(Default)]
+pub(crate) struct Occupancy<'a> {
+    exclusive: Parties<'a>,
+    shared: Parties<'a>,
+    /// Distinct semaphore owners, kept only up to the point where the count decides.
+    semaphore: SmallVec<[&'a OwnerId; 4]>,
+    semaphore_overflow: bool,
+}
+
+#[derive(Default)]
+struct Parties<'a> {
+    first: Option<&'a OwnerId>,
+    several: bool,
+}
+
+impl<'a> Parties<'a> {
+    fn add(&mut self, owner: &'a OwnerId) {
+        match self.first {
+            None => self.first = Some(owner),
+            Some(first) if !first.same(owner) => self.several = true,
+            Some(_) => {}
+        }
+    }
+
+    fn any_besides(&self, owner: &OwnerId) -> bool {
+        self.several || self.first.is_some_and(|f| !f.same(owner))
+    }
+}
+
+/// Semaphore owners are counted exactly up to this many; beyond it every semaphore is full.
+const SEMAPHORE_COUNT_CAP: usize = 1 << 16;
+
+impl<'a> Occupancy<'a> {
+    pub fn add(&mut self, owner: &'a OwnerId, mode: Mode) {
+        match mode {
+            Mode::Exclusive => self.exclusive.add(owner),
+            Mode::Shared => self.shared.add(owner),
+            Mode::Semaphore { .. } => {
+                if self.semaphore.iter().any(|o| o.same(owner)) {
+                    return;
+                }
+                if self.semaphore.len() < SEMAPHORE_COUNT_CAP {
+                    self.semaphore.push(owner);
+                } else {
+                    self.semaphore_overflow = true;
+                }
+            }
+        }
+    }
+
+    pub fn admits(&self, owner: &OwnerId, mode: Mode) -> bool {
+        let semaphore_others = || {
+            if self.semaphore_overflow {
+                return usize::MAX;
+            }
+            self.semaphore.len() - usize::from(self.semaphore.iter().any(|o| o.same(owner)))
+        };
+        let exclusive = self.exclusive.any_besides(owner);
+        match mode {
+            Mode::Exclusive => !exclusive && !self.shared.any_besides(owner) && semaphore_others() == 0,
+            Mode::Shared => !exclusive && semaphore_others() == 0,
+            Mode::Semaphore { limit } => {
+                !exclusive && !self.shared.any_besides(owner) && semaphore_others() < limit as usize
+            }
+        }
+    }
+}
+
+/// A hold as listed in the per-session index: key, owner, mode.
+pub(crate) type SessionHold<K> = (K, OwnerId, Mode);
+
+/// A timer of a shard.
+#[derive(Clone, Debug)]
+pub(crate) enum Timer<K> {
+    /// A TTL hold expires.
+    Expiry { key: K, owner: OwnerId, mode: Mode },
+    /// A lock-delay ends.
+    DelayEnd { key: K },
+}
+
+/// One shard of a lock table. See the module documentation.
+#[derive(Debug)]
+pub struct Shard<K> {
+    pub(crate) keys: HashMap<K, KeyState>,
+    pub(crate) owners: HashMap<OwnerId, SmallVec<[(K, Mode); 2]>>,
+    pub(crate) sessions: HashMap<SessionId, SmallVec<[SessionHold<K>; 2]>>,
+    pub(crate) timers: BTreeMap<(Instant, u64), Timer<K>>,
+    next_timer: u64,
+    /// The last fencing token handed out by this shard. Every key lives in exactly one
+    /// shard, so one increasing counter per shard makes tokens strictly increase per key
+    /// without remembering anything about keys that are free.
+    last_token: u64,
+    pub(crate) config: Arc<Config<K>>,
+}
+
+/// What to say about a hold being granted.
+pub(crate) struct GrantSpec<'r> {
+    pub owner: &'r OwnerId,
+    pub mode: Mode,
+    pub ttl: Option<Duration>,
+    pub session: Option<SessionId>,
+    pub request_id: Option<&'r Arc<str>>,
+    pub lock_delay: Option<Duration>,
+}
+
+impl<'r, K> From<&'r Acquire<K>> for GrantSpec<'r> {
+    fn from(req: &'r Acquire<K>) -> Self {
+        GrantSpec {
+            owner: &req.owner,
+            mode: req.mode,
+            ttl: req.ttl,
+            session: req.session,
+            request_id: req.request_id.as_ref(),
+            lock_delay: req.lock_delay,
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone> Shard<K> {
+    pub(crate) fn new(config: Arc<Config<K>>) -> Self {
+        Shard {
+            keys: HashMap::new(),
+            owners: HashMap::new(),
+            sessions: HashMap::new(),
+            timers: BTreeMap::new(),
+            next_timer: 0,
+            last_token: 0,
+            config,
+        }
+    }
+
+    /// The highest fencing token this shard has handed out.
+    pub fn fencing_high_water(&self) -> u64 {
+        self.last_token
+    }
+
+    /// Makes every later token of this shard greater than `floor` (after a restart).
+    pub fn raise_fencing_floor(&mut self, floor: u64) {
+        self.last_token = self.last_token.max(floor);
+    }
+
+    /// The earliest timer of this shard.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.timers.keys().next().map(|(at, _)| *at)
+    }
+
+    /// Acquires a single key without a session when that can be decided in this shard
+    /// alone: granted at once, or a try that fails. Anything that would have to queue,
+    /// or involves a session or a cross-shard bound, answers [`Escalate`] and changes
+    /// nothing.
+    ///
+    /// The key must belong to this shard ([`crate::Layout::shard_of`]).
+    pub fn try_acquire(
+        &mut self,
+        req: &Acquire<K>,
+        now: Instant,
+        fx: &mut Effects<K>,
+    ) -> Result<Result<Acquired<K>>, Escalate> {
+        if req.keys.len() != 1 || req.session.is_some() || !self.config.fast_path_allowed() {
+            return Err(Escalate);
+        }
+        if let Err(e) = validate_request(req, &self.config) {
+            return Ok(Err(e));
+        }
+        let key = &req.keys[0];
+        if let Some(ks) = self.keys.get(key) {
+            if let Err(e) = check_compatible_request(ks, req) {
+                return Ok(Err(e));
+            }
+            if let Some(grant) = retried_grant(ks, key, req) {
+                return Ok(Ok(Acquired::Granted(grant)));
+            }
+            if !ks.admits(&req.owner, req.mode, ks.queue.len(), now) {
+                return match req.wait {
+                    Wait::NoWait => Ok(Err(Error::Busy { holders: ks.holders() })),
+                    _ => Err(Escalate),
+                };
+            }
+        }
+        let granted = self.grant(key, &GrantSpec::from(req), now, fx);
+        Ok(Ok(Acquired::Granted(Grant {
+            owner: req.owner.clone(),
+            mode: req.mode,
+            session: None,
+            holds: SmallVec::from_buf([granted]),
+            retried: false,
+        })))
+    }
+
+    /// Releases one level of a hold when no queued request needs to be reconsidered (the
+    /// level is not the last, or nobody waits on the key) and the hold has no session.
+    /// Returns the count left. Otherwise answers [`Escalate`] and changes nothing.
+    pub fn try_release(
+        &mut self,
+        key: &K,
+        owner: &OwnerId,
+        mode: Option<Mode>,
+        token: Option<u64>,
+        now: Instant,
+        fx: &mut Effects<K>,
+    ) -> Result<Result<u32>, Escalate> {
+        if !self.config.fast_path_allowed() {
+            return Err(Escalate);
+        }
+        let idx = match self.find_hold(key, owner, mode, token) {
+            Ok(idx) => idx,
+            Err(e) => return Ok(Err(e)),
+        };
+        let ks = &self.keys[key];
+        let hold = &ks.holds[idx];
+        if hold.session.is_some() || (hold.count == 1 && !ks.queue.is_empty()) {
+            return Err(Escalate);
+        }
+        let left = self.release_level(key, idx, now, fx);
+        if left == 0 {
+            self.drop_if_idle(key);
+        }
+        Ok(Ok(left))
+    }
+
+    /// Finds the hold `owner` has on `key` in `mode` (or its only hold when `mode` is
+    /// `None`), checking the fencing token when one is given.
+    pub(crate) fn find_hold(&self, key: &K, owner: &OwnerId, mode: Option<Mode>, token: Option<u64>) -> Result<usize> {
+        let ks = self.keys.get(key).filter(|ks| !ks.holds.is_empty()).ok_or(Error::NotHeld)?;
+        let idx = match mode {
+            Some(mode) => ks.hold_index(owner, mode),
+            None => {
+                let mut own = ks.holds.iter().enumerate().filter(|(_, h)| h.owner.same(owner));
+                match (own.next(), own.next()) {
+                    (Some((i, _)), None) => Some(i),
+                    (Some(_), Some(_)) => {
+                        return Err(Error::invalid("mode", "the owner holds this key in several modes; name one"))
+                    }
+                    (None, _) => None,
+                }
+            }
+        };
+        let idx = idx.ok_or(Error::NotOwner)?;
+        if token.is_some_and(|t| ks.holds[idx].token != t) {
+            // A guard from an earlier hold of the same owner: that hold is gone.
+            return Err(Error::NotHeld);
+        }
+        Ok(idx)
+    }
+
+    /// Grants one level of `key` as described by `spec`: re-enters the owner's hold in that
+    /// mode if there is one (keeping its token, extending its expiry to the later of the
+    /// two), or starts a new hold with the next fencing token.
+    pub(crate) fn grant(&mut self, key: &K, spec: &GrantSpec<'_>, now: Instant, fx: &mut Effects<K>) -> Granted<K> {
+        let expires_at = spec.ttl.map(|ttl| now + ttl);
+        let ks = self.keys.entry(key.clone()).or_default();
+        if let Some(idx) = ks.hold_index(spec.owner, spec.mode) {
+            let hold = &mut ks.holds[idx];
+            hold.count = hold.count.checked_add(1).expect("lock count overflow");
+            if let Some(id) = spec.request_id {
+                hold.request_ids.push(id.clone());
+            }
+            if spec.lock_delay.is_some() {
+                hold.lock_delay = spec.lock_delay;
+            }
+            let (count, token) = (hold.count, hold.token);
+            let old = hold.expiry;
+            let new_expiry = match (old, expires_at) {
+                (Some((old_at, _)), Some(new_at)) if new_at > old_at => Some(new_at),
+                _ => None,
+            };
+            let expires_at = new_expiry.or(old.map(|(at, _)| at));
+            if let Some(at) = new_expiry {
+                self.move_expiry(key, spec.owner, spec.mode, at, fx);
+            }
+            self.event(EventKind::Acquired, key, spec.owner, spec.mode, count, token, fx);
+            return Granted { key: key.clone(), count, fencing_token: token, expires_at };
+        }
+        self.last_token += 1;
+        let token = self.last_token;
+        let timer = expires_at.map(|at| {
+            let id =
+                self.add_timer(at, Timer::Expiry { key: key.clone(), owner: spec.owner.clone(), mode: spec.mode }, fx);
+            (at, id)
+        });
+        let ks = self.keys.get_mut(key).expect("BUG: key state created above");
+        ks.holds.push(Hold {
+            owner: spec.owner.clone(),
+            mode: spec.mode,
+            count: 1,
+            token,
+            session: spec.session,
+            expiry: timer,
+            request_ids: spec.request_id.into_iter().cloned().collect(),
+            lock_delay: spec.lock_delay,
+        });
+        self.owners.entry(spec.owner.clone()).or_default().push((key.clone(), spec.mode));
+        if let Some(session) = spec.session {
+            self.sessions.entry(session).or_default().push((key.clone(), spec.owner.clone(), spec.mode));
+        }
+        self.event(EventKind::Acquired, key, spec.owner, spec.mode, 1, token, fx);
+        Granted { key: key.clone(), count: 1, fencing_token: token, expires_at }
+    }
+
+    /// Releases one level of hold `idx` of `key`; at zero the hold ends. Returns the count
+    /// left. The key state stays even if idle (callers pump its queue, then drop it).
+    pub(crate) fn release_level(&mut self, key: &K, idx: usize, now: Instant, fx: &mut Effects<K>) -> u32 {
+        let ks = self.keys.get_mut(key).expect("BUG: releasing a hold of an absent key");
+        let hold = &mut ks.holds[idx];
+        if hold.count > 1 {
+            hold.count -= 1;
+            hold.request_ids.pop();
+            let (owner, mode, count, token) = (hold.owner.clone(), hold.mode, hold.count, hold.token);
+            self.event(EventKind::Released, key, &owner, mode, count, token, fx);
+            return count;
+        }
+        self.end_hold(key, idx, None, now, fx);
+        0
+    }
+
+    /// Ends hold `idx` of `key` entirely. With a `reason` the owner did not ask for it:
+    /// its guards are told, and a lock-delay it carries starts now.
+    pub(crate) fn end_hold(
+        &mut self,
+        key: &K,
+        idx: usize,
+        reason: Option<LostReason>,
+        now: Instant,
+        fx: &mut Effects<K>,
+    ) -> Hold {
+        let ks = self.keys.get_mut(key).expect("BUG: ending a hold of an absent key");
+        let hold = ks.holds.swap_remove(idx);
+        if let Some((at, id)) = hold.expiry {
+            self.timers.remove(&(at, id));
+        }
+        remove_from_index(&mut self.owners, &hold.owner, |(k, m)| k == key && *m == hold.mode);
+        if let Some(session) = hold.session {
+            remove_from_index(&mut self.sessions, &session, |(k, o, m)| {
+                k == key && o.same(&hold.owner) && *m == hold.mode
+            });
+        }
+        let kind = match reason {
+            Some(LostReason::Expired) => EventKind::Expired,
+            _ => EventKind::Released,
+        };
+        self.event(kind, key, &hold.owner, hold.mode, 0, hold.token, fx);
+        if let Some(reason) = reason {
+            fx.lost.push(Lost {
+                key: key.clone(),
+                owner: hold.owner.clone(),
+                mode: hold.mode,
+                fencing_token: hold.token,
+                reason,
+            });
+            let delays = matches!(reason, LostReason::Expired | LostReason::SessionEnded | LostReason::OwnerEnded);
+            if let (true, Some(delay)) = (delays, hold.lock_delay) {
+                self.start_delay(key, now + delay, fx);
+            }
+        }
+        hold
+    }
+
+    fn start_delay(&mut self, key: &K, until: Instant, fx: &mut Effects<K>) {
+        let previous = self.keys.get(key).and_then(|ks| ks.delay);
+        if previous.is_some_and(|(at, _)| at >= until) {
+            return;
+        }
+        if let Some(old) = previous {
+            self.timers.remove(&old);
+        }
+        let id = self.add_timer(until, Timer::DelayEnd { key: key.clone() }, fx);
+        self.keys.get_mut(key).expect("BUG: delaying an absent key").delay = Some((until, id));
+    }
+
+    /// Moves the expiry timer of a hold to `at`.
+    pub(crate) fn move_expiry(&mut self, key: &K, owner: &OwnerId, mode: Mode, at: Instant, fx: &mut Effects<K>) {
+        let idx = self.keys[key].hold_index(owner, mode).expect("BUG: moving the expiry of an absent hold");
+        if let Some(old) = self.keys[key].holds[idx].expiry {
+            self.timers.remove(&old);
+        }
+        let id = self.add_timer(at, Timer::Expiry { key: key.clone(), owner: owner.clone(), mode }, fx);
+        self.keys.get_mut(key).expect("BUG: checked above").holds[idx].expiry = Some((at, id));
+    }
+
+    fn add_timer(&mut self, at: Instant, timer: Timer<K>, fx: &mut Effects<K>) -> u64 {
+        self.next_timer += 1;
+        self.timers.insert((at, self.next_timer), timer);
+        fx.deadline(at);
+        self.next_timer
+    }
+
+    /// Forgets a key with no holds, no waiters and no lock-delay. Returns whether it did.
+    pub(crate) fn drop_if_idle(&mut self, key: &K) -> bool {
+        if self.keys.get(key).is_some_and(KeyState::is_idle) {
+            self.keys.remove(key);
+            return true;
+        }
+        false
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn event(
+        &self,
+        kind: EventKind,
+        key: &K,
+        owner: &OwnerId,
+        mode: Mode,
+        count: u32,
+        token: u64,
+        fx: &mut Effects<K>,
+    ) {
+        if self.config.record_events {
+            fx.events.push(Event {
+                revision: 0,
+                kind,
+                key: key.clone(),
+                owner: owner.clone(),
+                mode,
+                count,
+                fencing_token: token,
+            });
+        }
+    }
+}
+
+/// Removes the first item matching `matches` from `map[id]`, dropping the entry when it
+/// becomes empty.
+fn remove_from_index<I: Hash + Eq, T, const N: usize>(
+    map: &mut HashMap<I, SmallVec<[T; N]>>,
+    id: &I,
+    matches: impl Fn(&T) -> bool,
+) where
+    [T; N]: smallvec::Array<Item = T>,
+{
+    if let Some(items) = map.get_mut(id) {
+        if let Some(pos) = items.iter().position(matches) {
+            items.swap_remove(pos);
+        }
+        if items.is_empty() {
+            map.remove(id);
+        }
+    }
+}
+
+/// Checks the shape of a request: mode, keys, TTL.
+pub(crate) fn validate_request<K>(req: &Acquire<K>, config: &Config<K>) -> Result<()> {
+    req.mode.validate()?;
+    if req.keys.is_empty() {
+        return Err(Error::invalid("keys", "at least one key is required"));
+    }
+    if req.keys.len() > config.limits.max_keys_per_request {
+        return Err(Error::limit("keys_per_request", config.limits.max_keys_per_request));
+    }
+    if req.ttl == Some(Duration::ZERO) {
+        return Err(Error::invalid("ttl", "must be greater than zero"));
+    }
+    if let Wait::Timeout(d) = req.wait {
+        if d.is_zero() {
+            return Err(Error::invalid("wait", "a zero timeout is a try: use no wait"));
+        }
+    }
+    if req.request_id.as_deref().is_some_and(str::is_empty) {
+        return Err(Error::invalid("request_id", "must not be empty"));
+    }
+    Ok(())
+}
+
+/// Checks that a request fits what the key is already used for: the same semaphore limit,
+/// and the same session as the owner's existing hold in that mode.
+pub(crate) fn check_compatible_request<K>(ks: &KeyState, req: &Acquire<K>) -> Result<()> {
+    if let (Some(want), Some(have)) = (req.mode.limit(), ks.semaphore_limit()) {
+        if want != have {
+            return Err(Error::invalid("limit", format!("the key is a semaphore with limit {have}, not {want}")));
+        }
+    }
+    if let Some(idx) = ks.hold_index(&req.owner, req.mode) {
+        if ks.holds[idx].session != req.session {
+            return Err(Error::invalid("session", "the owner holds this key under another session"));
+        }
+    }
+    Ok(())
+}
+
+/// If `req` repeats a request id whose level `owner` still holds on `key`, the answer to
+/// give again (nothing is counted).
+pub(crate) fn retried_grant<K: Clone>(ks: &KeyState, key: &K, req: &Acquire<K>) -> Option<Grant<K>> {
+    let id = req.request_id.as_ref()?;
+    let granted = retried_granted(ks, key, req, id)?;
+    Some(Grant {
+        owner: req.owner.clone(),
+        mode: req.mode,
+        session: req.session,
+        holds: SmallVec::from_buf([granted]),
+        retried: true,
+    })
+}
+
+pub(crate) fn retried_granted<K: Clone>(ks: &KeyState, key: &K, req: &Acquire<K>, id: &Arc<str>) -> Option<Granted<K>> {
+    let hold = &ks.holds[ks.hold_index(&req.owner, req.mode)?];
+    hold.request_ids.iter().any(|r| r == id).then(|| Granted {
+        key: key.clone(),
+        count: hold.count,
+        fencing_token: hold.token,
+        expires_at: hold.expiry.map(|(at, _)| at),
+    })
+}
