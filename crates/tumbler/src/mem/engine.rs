@@ -1,0 +1,470 @@
+//! The engine: a `tumbler-core` lock table shared by many tasks — shards behind their own
+//! mutexes, waiters woken by notification, one timer task, lost-hold signals, events.
+//!
+//! The in-process backend is a thin owner-handle layer over it, and the lock server runs
+//! the same engine, so wake-ups, timers and events exist once.
+//!
+//! # Locking
+//!
+//! Hot single-key operations lock one shard. Everything else locks the central state (the
+//! coordinator and the waiter registry) and then every shard in index order; the order is
+//! fixed, so the engine cannot deadlock itself. No lock is held across an `.await`, and no
+//! waiter is woken, nor a guard told, while a lock is held.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use parking_lot::{Mutex, MutexGuard};
+use smallvec::SmallVec;
+use tokio::sync::{broadcast, oneshot, Notify};
+use tumbler_core::{
+    Acquire, Acquired, Config, Coordinator, Effects, Event, EventLog, Grant, Granted, Instant, KeyStatus, Layout, Mode,
+    OwnerId, RequestId, SessionId, SessionInfo, Shard,
+};
+
+use crate::lost::{HoldId, OwnerSignals};
+
+type CoreResult<T> = tumbler_core::Result<T>;
+type WakeSender<K> = oneshot::Sender<CoreResult<Grant<K>>>;
+
+/// Keeps each shard's mutex on its own cache lines, so that two cores working on keys of
+/// different shards do not slow each other down through false sharing.
+#[repr(align(128))]
+struct Padded<T>(T);
+
+struct Central<K> {
+    coordinator: Coordinator<K>,
+    /// Whom to wake for each queued request. Inserted under the same lock that queues the
+    /// request, so a grant can never arrive before its waiter is known.
+    waiters: HashMap<RequestId, WakeSender<K>>,
+}
+
+struct Timer {
+    notify: Notify,
+    /// The deadline (nanoseconds after the epoch) the timer task sleeps until; `u64::MAX`
+    /// while it has none or is recomputing it.
+    armed: AtomicU64,
+    running: AtomicBool,
+}
+
+struct EventSink<K> {
+    log: Mutex<EventLog<K>>,
+    tx: broadcast::Sender<Event<K>>,
+}
+
+struct Inner<K> {
+    layout: Layout,
+    shards: Box<[Padded<Mutex<Shard<K>>>]>,
+    central: Mutex<Central<K>>,
+    epoch: tokio::time::Instant,
+    timer: Arc<Timer>,
+    owners: Mutex<HashMap<OwnerId, Weak<OwnerSignals>>>,
+    events: Option<EventSink<K>>,
+}
+
+impl<K> Drop for Inner<K> {
+    fn drop(&mut self) {
+        // Lets the timer task see that the engine is gone and end.
+        self.timer.notify.notify_one();
+    }
+}
+
+/// A lock table shared between tasks. Cheap to clone (a shared handle).
+///
+/// Requires a tokio runtime with the time driver for waits with a bound, TTLs and other
+/// deadlines (the timer task is spawned on first need).
+pub struct Engine<K> {
+    inner: Arc<Inner<K>>,
+}
+
+impl<K> Clone for Engine<K> {
+    fn clone(&self) -> Self {
+        Engine { inner: self.inner.clone() }
+    }
+}
+
+/// The default number of shards: enough that unrelated keys rarely share one on a
+/// machine of a few dozen cores, few enough that locking them all stays cheap.
+pub const DEFAULT_SHARDS: usize = 32;
+
+/// How many events a watcher may fall behind before it misses some, and how many the
+/// engine keeps for replay.
+pub const EVENT_BUFFER: usize = 4096;
+
+impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
+    /// An engine for `config` (its `shards` decides the sharding).
+    pub fn new(config: Config<K>) -> Self {
+        let events = config.record_events.then(|| EventSink {
+            log: Mutex::new(EventLog::new(EVENT_BUFFER)),
+            tx: broadcast::channel(EVENT_BUFFER).0,
+        });
+        let coordinator = Coordinator::new(config);
+        let shards = (0..coordinator.layout().shards()).map(|_| Padded(Mutex::new(coordinator.new_shard()))).collect();
+        Engine {
+            inner: Arc::new(Inner {
+                layout: coordinator.layout().clone(),
+                shards,
+                central: Mutex::new(Central { coordinator, waiters: HashMap::new() }),
+                epoch: tokio::time::Instant::now(),
+                timer: Arc::new(Timer {
+                    notify: Notify::new(),
+                    armed: AtomicU64::new(u64::MAX),
+                    running: AtomicBool::new(false),
+                }),
+                owners: Mutex::new(HashMap::new()),
+                events,
+            }),
+        }
+    }
+
+    /// The engine's clock: time since it was created, on tokio's monotonic clock (so a
+    /// paused test clock drives it too).
+    pub fn now(&self) -> Instant {
+        Instant::from_epoch(self.inner.epoch.elapsed())
+    }
+
+    /// Turns an engine instant back into a tokio instant.
+    pub fn to_tokio(&self, at: Instant) -> tokio::time::Instant {
+        self.inner.epoch + at.since_epoch()
+    }
+
+    /// The key-to-shard mapping.
+    pub fn layout(&self) -> &Layout {
+        &self.inner.layout
+    }
+
+    /// Acquires as the core's [`tumbler_core::Coordinator::acquire`] decides, waiting for
+    /// the grant when the request is queued.
+    ///
+    /// # Cancel safety
+    /// Dropping the future while it waits withdraws the request; a grant that raced with
+    /// the drop is released.
+    ///
+    /// # Errors
+    /// The core's errors.
+    pub async fn acquire(&self, req: Acquire<K>) -> CoreResult<Grant<K>> {
+        let now = self.now();
+        let mut fx = Effects::new();
+        if req.keys.len() == 1 && req.session.is_none() {
+            let shard = self.inner.layout.shard_of(&req.keys[0]);
+            let fast = {
+                let mut shard = self.inner.shards[shard].0.lock();
+                let answer = shard.try_acquire(&req, now, &mut fx);
+                self.publish(&mut fx);
+                answer
+            };
+            if let Ok(answer) = fast {
+                self.settle(fx, Vec::new());
+                return answer.map(|a| match a {
+                    Acquired::Granted(grant) => grant,
+                    Acquired::Waiting { .. } => unreachable!("BUG: a shard never queues"),
+                });
+            }
+        }
+        let (tx, rx) = oneshot::channel();
+        let (answer, wakes) = self.with_all(&mut fx, |central, shards, fx| {
+            let answer = central.coordinator.acquire(shards, req, now, fx);
+            if let Ok(Acquired::Waiting { request, .. }) = &answer {
+                central.waiters.insert(*request, tx);
+            }
+            answer
+        });
+        self.settle(fx, wakes);
+        match answer? {
+            Acquired::Granted(grant) => Ok(grant),
+            Acquired::Waiting { request, .. } => WaitFor { engine: self.clone(), request, rx, done: false }.await,
+        }
+    }
+
+    /// Releases one level of a hold; see [`tumbler_core::Coordinator::release`].
+    ///
+    /// # Errors
+    /// The core's errors.
+    pub fn release(&self, key: &K, owner: &OwnerId, mode: Option<Mode>, token: Option<u64>) -> CoreResult<u32> {
+        let now = self.now();
+        let mut fx = Effects::new();
+        let shard = self.inner.layout.shard_of(key);
+        let fast = {
+            let mut shard = self.inner.shards[shard].0.lock();
+            let answer = shard.try_release(key, owner, mode, token, now, &mut fx);
+            self.publish(&mut fx);
+            answer
+        };
+        if let Ok(answer) = fast {
+            self.settle(fx, Vec::new());
+            return answer;
+        }
+        self.full(|c, s, fx| c.release(s, key, owner, mode, token, now, fx))
+    }
+
+    /// Releases one level of every key of `grant`, ignoring holds that are already gone.
+    pub fn release_grant(&self, grant: &Grant<K>) {
+        for hold in &grant.holds {
+            let _ = self.release(&hold.key, &grant.owner, Some(grant.mode), Some(hold.fencing_token));
+        }
+    }
+
+    /// See [`tumbler_core::Coordinator::refresh`].
+    ///
+    /// # Errors
+    /// The core's errors.
+    pub fn refresh(&self, key: &K, owner: &OwnerId, mode: Option<Mode>, ttl: Duration) -> CoreResult<Instant> {
+        let now = self.now();
+        self.full(|c, s, fx| c.refresh(s, key, owner, mode, ttl, now, fx))
+    }
+
+    /// See [`tumbler_core::Coordinator::transfer`].
+    ///
+    /// # Errors
+    /// The core's errors.
+    pub fn transfer(&self, key: &K, from: &OwnerId, mode: Option<Mode>, to: &OwnerId) -> CoreResult<Granted<K>> {
+        let now = self.now();
+        self.full(|c, s, fx| c.transfer(s, key, from, mode, to, now, fx))
+    }
+
+    /// See [`tumbler_core::Coordinator::force_release`].
+    pub fn force_release(&self, key: &K) -> usize {
+        let now = self.now();
+        self.full(|c, s, fx| c.force_release(s, key, now, fx))
+    }
+
+    /// See [`tumbler_core::Coordinator::end_owner`].
+    pub fn end_owner(&self, owner: &OwnerId, voluntary: bool) -> usize {
+        let now = self.now();
+        self.full(|c, s, fx| c.end_owner(s, owner, voluntary, now, fx))
+    }
+
+    /// See [`tumbler_core::Coordinator::open_session`].
+    ///
+    /// # Errors
+    /// The core's errors.
+    pub fn open_session(&self, ttl: Duration) -> CoreResult<SessionInfo> {
+        let now = self.now();
+        self.full(|c, _, fx| c.open_session(ttl, now, fx))
+    }
+
+    /// See [`tumbler_core::Coordinator::keepalive`].
+    ///
+    /// # Errors
+    /// The core's errors.
+    pub fn keepalive(&self, id: SessionId) -> CoreResult<SessionInfo> {
+        let now = self.now();
+        self.full(|c, _, fx| c.keepalive(id, now, fx))
+    }
+
+    /// See [`tumbler_core::Coordinator::end_session`].
+    ///
+    /// # Errors
+    /// The core's errors.
+    pub fn end_session(&self, id: SessionId) -> CoreResult<()> {
+        let now = self.now();
+        self.full(|c, s, fx| c.end_session(s, id, now, fx))
+    }
+
+    /// Who holds and waits for `key` now.
+    pub fn status(&self, key: &K) -> Option<KeyStatus> {
+        let mut fx = Effects::new();
+        let (status, _) = self.with_all(&mut fx, |c, s, _| c.coordinator.status(s, key));
+        status
+    }
+
+    /// Starts delivering lost-hold signals for `owner` to `signals`.
+    pub fn register_owner(&self, owner: &OwnerId, signals: &Arc<OwnerSignals>) {
+        self.inner.owners.lock().insert(owner.clone(), Arc::downgrade(signals));
+    }
+
+    /// Stops delivering lost-hold signals for `owner`.
+    pub fn unregister_owner(&self, owner: &OwnerId) {
+        self.inner.owners.lock().remove(owner);
+    }
+
+    /// The id under which a hold's loss is signalled: its shard and its fencing token.
+    pub fn hold_id(&self, key: &K, fencing_token: u64) -> HoldId {
+        (self.inner.layout.shard_of(key) as u64, fencing_token)
+    }
+
+    /// A live stream of events (when the engine records them), and the revision of the
+    /// last event before the stream starts.
+    pub fn subscribe(&self) -> Option<(broadcast::Receiver<Event<K>>, u64)> {
+        let sink = self.inner.events.as_ref()?;
+        let log = sink.log.lock();
+        Some((sink.tx.subscribe(), log.last_revision()))
+    }
+
+    /// Runs `op` on the coordinator with every shard locked, then settles its effects.
+    fn full<R>(&self, op: impl FnOnce(&mut Coordinator<K>, &mut [&mut Shard<K>], &mut Effects<K>) -> R) -> R {
+        let mut fx = Effects::new();
+        let (answer, wakes) = self.with_all(&mut fx, |central, shards, fx| op(&mut central.coordinator, shards, fx));
+        self.settle(fx, wakes);
+        answer
+    }
+
+    /// Locks the central state and every shard (in that fixed order), runs `op`, pairs the
+    /// wakes it produced with their waiters and stamps its events, all before unlocking.
+    fn with_all<R>(
+        &self,
+        fx: &mut Effects<K>,
+        op: impl FnOnce(&mut Central<K>, &mut [&mut Shard<K>], &mut Effects<K>) -> R,
+    ) -> (R, Vec<(WakeSender<K>, CoreResult<Grant<K>>)>) {
+        let mut central = self.inner.central.lock();
+        let mut guards: SmallVec<[MutexGuard<'_, Shard<K>>; 32]> =
+            self.inner.shards.iter().map(|s| s.0.lock()).collect();
+        let mut shards: SmallVec<[&mut Shard<K>; 32]> = guards.iter_mut().map(|g| &mut **g).collect();
+        let answer = op(&mut central, &mut shards, fx);
+        let wakes = fx
+            .wakes
+            .drain(..)
+            .filter_map(|wake| central.waiters.remove(&wake.request).map(|tx| (tx, wake.outcome)))
+            .collect();
+        self.publish(fx);
+        (answer, wakes)
+    }
+
+    /// Stamps and broadcasts events; called with the locks that ordered them still held,
+    /// so revisions follow the order of the changes.
+    fn publish(&self, fx: &mut Effects<K>) {
+        let Some(sink) = &self.inner.events else { return };
+        if fx.events.is_empty() {
+            return;
+        }
+        let mut log = sink.log.lock();
+        for event in fx.events.drain(..) {
+            let _ = sink.tx.send(log.append(event));
+        }
+    }
+
+    /// Carries out effects once every lock is released: wakes waiters (releasing grants
+    /// whose waiter has gone), tells guards about lost holds, and arms the timer.
+    fn settle(&self, mut fx: Effects<K>, wakes: Vec<(WakeSender<K>, CoreResult<Grant<K>>)>) {
+        for (tx, outcome) in wakes {
+            if let Err(Ok(grant)) = tx.send(outcome) {
+                // The waiter gave up just as it was granted: hand the lock on.
+                self.release_grant(&grant);
+            }
+        }
+        if !fx.lost.is_empty() {
+            let owners = self.inner.owners.lock();
+            for lost in fx.lost.drain(..) {
+                if let Some(signals) = owners.get(&lost.owner).and_then(Weak::upgrade) {
+                    signals.mark(self.hold_id(&lost.key, lost.fencing_token), lost.reason);
+                }
+            }
+        }
+        if let Some(at) = fx.new_deadline {
+            self.arm(at);
+        }
+    }
+
+    fn arm(&self, at: Instant) {
+        let timer = &self.inner.timer;
+        let nanos = u64::try_from(at.since_epoch().as_nanos()).unwrap_or(u64::MAX - 1);
+        if nanos >= timer.armed.load(Ordering::Acquire) {
+            return;
+        }
+        if !timer.running.swap(true, Ordering::AcqRel) {
+            match tokio::runtime::Handle::try_current() {
+                Ok(handle) => {
+                    handle.spawn(drive_timer(Arc::downgrade(&self.inner), self.inner.timer.clone()));
+                }
+                // Outside a runtime (a guard dropped on a plain thread): the next operation
+                // made inside one starts the timer task.
+                Err(_) => timer.running.store(false, Ordering::Release),
+            }
+        }
+        timer.notify.notify_one();
+    }
+
+    /// Carries out everything due now and returns the next deadline.
+    fn tick(&self) -> Option<Instant> {
+        let now = self.now();
+        self.full(|c, s, fx| {
+            c.tick(s, now, fx);
+            c.next_deadline(s)
+        })
+    }
+
+    fn cancel(&self, request: RequestId) -> bool {
+        let now = self.now();
+        let mut fx = Effects::new();
+        let (cancelled, wakes) = self.with_all(&mut fx, |central, shards, fx| {
+            central.waiters.remove(&request);
+            central.coordinator.cancel(shards, request, now, fx)
+        });
+        self.settle(fx, wakes);
+        cancelled
+    }
+}
+
+/// The timer task: sleeps until the engine's next deadline (or until woken by an earlier
+/// one), ticks the table, repeats; ends when the engine is dropped.
+async fn drive_timer<K: Hash + Eq + Clone + Send + Sync + 'static>(engine: Weak<Inner<K>>, timer: Arc<Timer>) {
+    loop {
+        // While the next deadline is being computed, any new deadline must wake us.
+        timer.armed.store(u64::MAX, Ordering::Release);
+        let (next, sleep_until) = {
+            let Some(inner) = engine.upgrade() else { return };
+            let engine = Engine { inner };
+            let next = engine.tick();
+            (next, next.map(|at| engine.to_tokio(at)))
+        };
+        let nanos = next.map_or(u64::MAX, |at| u64::try_from(at.since_epoch().as_nanos()).unwrap_or(u64::MAX - 1));
+        timer.armed.store(nanos, Ordering::Release);
+        match sleep_until {
+            Some(at) => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(at) => {}
+                    () = timer.notify.notified() => {}
+                }
+            }
+            None => timer.notify.notified().await,
+        }
+    }
+}
+
+/// A queued request's wait for its outcome. Dropping it before the outcome withdraws the
+/// request, and releases a grant that raced with the drop.
+struct WaitFor<K: Hash + Eq + Clone + Send + Sync + 'static> {
+    engine: Engine<K>,
+    request: RequestId,
+    rx: oneshot::Receiver<CoreResult<Grant<K>>>,
+    done: bool,
+}
+
+impl<K: Hash + Eq + Clone + Send + Sync + 'static> std::future::Future for WaitFor<K> {
+    type Output = CoreResult<Grant<K>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match Pin::new(&mut self.rx).poll(cx) {
+            Poll::Ready(outcome) => {
+                self.done = true;
+                Poll::Ready(outcome.unwrap_or_else(|_| {
+                    Err(tumbler_core::Error::Internal("the lock engine dropped a waiting request".into()))
+                }))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone + Send + Sync + 'static> Drop for WaitFor<K> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        // Close first: from here on a grant either is already in the channel (we take it
+        // and release it) or fails to send (the engine releases it).
+        self.rx.close();
+        match self.rx.try_recv() {
+            Ok(Ok(grant)) => self.engine.release_grant(&grant),
+            Ok(Err(_)) => {}
+            Err(_) => {
+                self.engine.cancel(self.request);
+            }
+        }
+    }
+}
