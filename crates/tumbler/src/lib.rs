@@ -45,3 +45,8 @@ pub use locker::{Capabilities, LockGuard, Locker};
 pub use lost::{HoldId, OwnerSignals};
 pub use options::AcquireOptions;
 pub use tumbler_core::{Key, LostReason, Mode, OwnerId, Wait};
+
+/// The README's example, compiled and run as a doc test so it cannot go stale.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
