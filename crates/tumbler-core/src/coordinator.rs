@@ -235,6 +235,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
             }
         }
         self.check_namespace_limits(shards, &req.keys)?;
+        self.check_grant_limits(shards, &req.keys, &req.owner, req.mode, req.session)?;
         self.last_request += 1;
         let request = RequestId(self.last_request);
         for key in &req.keys {
@@ -354,7 +355,18 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
             .iter()
             .filter(|k| self.key_state(shards, k).and_then(|ks| ks.hold_index(owner, mode)).is_none())
             .count();
-        if self.sessions.get(&session).map_or(0, |s| s.holds) + new > max {
+        // Queued requests of the session add their holds when granted, past any check:
+        // count them now, so that no grant from a queue takes the session past its bound.
+        let queued: usize = self
+            .pending
+            .values()
+            .filter(|p| p.session == Some(session))
+            .map(|p| {
+                let held = |k: &&K| self.key_state(shards, k).and_then(|ks| ks.hold_index(&p.owner, p.mode)).is_some();
+                p.keys.iter().filter(|k| !held(k)).count()
+            })
+            .sum();
+        if self.sessions.get(&session).map_or(0, |s| s.holds) + queued + new > max {
             return Err(Error::limit("holds_per_session", max));
         }
         Ok(())
@@ -433,6 +445,24 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
 
     fn grant_pending(&mut self, shards: &mut [&mut Shard<K>], request: RequestId, now: Instant, fx: &mut Effects<K>) {
         let pending = self.unqueue(shards, request, now).expect("BUG: granting a request that is not queued");
+        // The owner may have come to hold a key in this mode under another session while
+        // the request waited; as for an immediate grant, its level may not join that hold
+        // (it would live and die with the wrong session).
+        let other_session = pending.keys.iter().any(|k| {
+            self.key_state(shards, k)
+                .and_then(|ks| ks.hold_index(&pending.owner, pending.mode).map(|i| ks.holds[i].session))
+                .is_some_and(|session| session != pending.session)
+        });
+        if other_session {
+            if self.config.record_events {
+                for key in &pending.keys {
+                    self.shard(shards, key).event(EventKind::Cancelled, key, &pending.owner, pending.mode, 0, 0, fx);
+                }
+            }
+            let error = Error::invalid("session", "the owner holds this key under another session");
+            fx.wakes.push(Wake { request, owner: pending.owner, outcome: Err(error) });
+            return;
+        }
         let grant = self.grant_keys(shards, &pending.keys, &pending.spec(), now, fx);
         fx.wakes.push(Wake { request, owner: pending.owner, outcome: Ok(grant) });
     }
@@ -549,9 +579,10 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
     /// Requests queued on the key keep waiting.
     ///
     /// # Errors
-    /// As [`Coordinator::release`]; `invalid_argument` when `from` and `to` are the same;
-    /// `deadlock` when `to` waits (transitively) for a request queued on this key, since
-    /// that request would then wait for `to`. Nothing changes on error.
+    /// As [`Coordinator::release`]; `invalid_argument` when `from` and `to` are the same
+    /// or `from` also holds the key in another mode; `deadlock` when `to` waits
+    /// (transitively) for a request queued on this key, since that request would then wait
+    /// for `to`. Nothing changes on error.
     #[allow(clippy::too_many_arguments)]
     pub fn transfer(
         &mut self,
@@ -569,6 +600,11 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
         let shard = self.shard(shards, key);
         let idx = shard.find_hold(key, from, mode, None)?;
         let ks = &shard.keys[key];
+        if ks.holds.iter().filter(|h| h.owner.same(from)).count() > 1 {
+            // One owner's holds of a key in two modes conflict across owners: handing one
+            // to `to` would leave `to` and `from` holding incompatible modes together.
+            return Err(Error::invalid("mode", "the owner also holds this key in another mode"));
+        }
         let waiting: Vec<OwnerId> = ks.queue.iter().filter(|e| !e.owner.same(to)).map(|e| e.owner.clone()).collect();
         if let Some(path) = self.path_to_any(shards, to, &waiting) {
             return Err(Error::Deadlock { cycle: path });
@@ -751,13 +787,23 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
 
     /// Carries out everything due at `now`: TTL expiries, lock-delays that end, wait
     /// bounds that run out (`timeout`), session leases that run out.
-    #[allow(clippy::needless_range_loop)] // the coordinator re-borrows all shards inside
+    ///
+    /// Deadlines are carried out one at a time, earliest first, so that a late tick decides
+    /// as timely ones would have: a session that ended, or a wait that ran out, before a
+    /// hold expired is not granted that hold's key. On a tie, sessions end first, then
+    /// shard timers fire, then waits run out.
     pub fn tick(&mut self, shards: &mut [&mut Shard<K>], now: Instant, fx: &mut Effects<K>) {
-        for i in 0..shards.len() {
-            while let Some(entry) = shards[i].timers.first_entry() {
-                if entry.key().0 > now {
-                    break;
-                }
+        loop {
+            let session = self.session_deadlines.first().copied().filter(|(at, _)| *at <= now);
+            let timer = shards.iter().enumerate().filter_map(|(i, s)| Some((s.next_deadline()?, i))).min();
+            let timer = timer.filter(|(at, _)| *at <= now);
+            let wait = self.deadlines.first().copied().filter(|(at, _)| *at <= now);
+            let earliest = [session.map(|s| s.0), timer.map(|t| t.0), wait.map(|w| w.0)].into_iter().flatten().min();
+            let Some(at) = earliest else { break };
+            if let Some((_, id)) = session.filter(|s| s.0 == at) {
+                self.finish_session(shards, id, LostReason::Expired, now, fx);
+            } else if let Some((_, i)) = timer.filter(|t| t.0 == at) {
+                let entry = shards[i].timers.first_entry().expect("BUG: a due timer vanished");
                 match entry.remove() {
                     Timer::Expiry { key, owner, mode } => {
                         let idx = shards[i].keys[&key].hold_index(&owner, mode).expect("BUG: timer of an absent hold");
@@ -772,19 +818,9 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
                         self.pump(shards, [key], now, fx);
                     }
                 }
+            } else if let Some((_, request)) = wait {
+                self.fail_pending(shards, request, Some(Error::Timeout), now, fx);
             }
-        }
-        while let Some(&(at, request)) = self.deadlines.first() {
-            if at > now {
-                break;
-            }
-            self.fail_pending(shards, request, Some(Error::Timeout), now, fx);
-        }
-        while let Some(&(at, id)) = self.session_deadlines.first() {
-            if at > now {
-                break;
-            }
-            self.finish_session(shards, id, LostReason::Expired, now, fx);
         }
     }
 

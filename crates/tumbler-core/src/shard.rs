@@ -456,7 +456,12 @@ impl<K: Hash + Eq + Clone> Shard<K> {
         let hold = &mut ks.holds[idx];
         if hold.count > 1 {
             hold.count -= 1;
-            hold.request_ids.pop();
+            // Levels entered without a request id leave no id behind: drop one only when
+            // more ids than levels remain, so that a level entered with an id keeps
+            // answering its retries while it may still be held.
+            if hold.request_ids.len() > hold.count as usize {
+                hold.request_ids.pop();
+            }
             let (owner, mode, count, token) = (hold.owner.clone(), hold.mode, hold.count, hold.token);
             self.event(EventKind::Released, key, &owner, mode, count, token, fx);
             return count;
