@@ -15,18 +15,28 @@ pub type HoldId = (u64, u64);
 /// The lost holds of one owner, and a way for its guards to wait for theirs.
 ///
 /// Backends mark holds as lost; each guard asks about, or waits for, its own. Marks stay
-/// until the guard that owns them forgets them (on drop), so a guard made after its hold
-/// was already lost still sees it.
+/// until the last guard of their hold forgets them (on drop), so a guard made after its
+/// hold was already lost still sees it, and so do the other guards of a re-entered hold
+/// after one of them is gone (see [`OwnerSignals::add_sibling`]).
 #[derive(Debug)]
 pub struct OwnerSignals {
     lost: Mutex<HashMap<HoldId, LostReason>>,
     marked: AtomicUsize,
     changed: watch::Sender<u64>,
+    /// For each hold with several live guards, how many there are beyond the first.
+    siblings: Mutex<HashMap<HoldId, usize>>,
+    sibling_count: AtomicUsize,
 }
 
 impl Default for OwnerSignals {
     fn default() -> Self {
-        OwnerSignals { lost: Mutex::new(HashMap::new()), marked: AtomicUsize::new(0), changed: watch::channel(0).0 }
+        OwnerSignals {
+            lost: Mutex::new(HashMap::new()),
+            marked: AtomicUsize::new(0),
+            changed: watch::channel(0).0,
+            siblings: Mutex::new(HashMap::new()),
+            sibling_count: AtomicUsize::new(0),
+        }
     }
 }
 
@@ -76,13 +86,31 @@ impl OwnerSignals {
         }
     }
 
-    /// Forgets the marks of `holds` (their guard is gone).
+    /// Records that a new guard stands for `hold` next to guards that already do (a
+    /// re-entry, a retried grant), so that the hold's mark outlives the first of them to go.
+    pub fn add_sibling(&self, hold: HoldId) {
+        *self.siblings.lock().entry(hold).or_default() += 1;
+        self.sibling_count.fetch_add(1, Ordering::Release);
+    }
+
+    /// A guard of `holds` is gone: forgets the marks of those holds that it was the last
+    /// guard of.
     pub fn forget(&self, holds: impl IntoIterator<Item = HoldId>) {
-        if self.marked.load(Ordering::Acquire) == 0 {
+        if self.marked.load(Ordering::Acquire) == 0 && self.sibling_count.load(Ordering::Acquire) == 0 {
             return;
         }
+        let mut siblings = self.siblings.lock();
         let mut lost = self.lost.lock();
         for h in holds {
+            if let Some(left) = siblings.get_mut(&h) {
+                // Another guard still stands for this hold: the mark stays for it.
+                *left -= 1;
+                if *left == 0 {
+                    siblings.remove(&h);
+                }
+                self.sibling_count.fetch_sub(1, Ordering::Release);
+                continue;
+            }
             if lost.remove(&h).is_some() {
                 self.marked.fetch_sub(1, Ordering::Release);
             }

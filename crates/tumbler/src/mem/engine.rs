@@ -31,6 +31,11 @@ use crate::lost::{HoldId, OwnerSignals};
 
 type CoreResult<T> = tumbler_core::Result<T>;
 type WakeSender<K> = oneshot::Sender<CoreResult<Grant<K>>>;
+/// The waiters of one queued request: the one that queued it, and any retry (same
+/// request id) that joined its wait.
+type WakeSenders<K> = SmallVec<[WakeSender<K>; 1]>;
+/// Outcomes to deliver, each with the waiters of its request.
+type Wakes<K> = Vec<(WakeSenders<K>, CoreResult<Grant<K>>)>;
 
 /// Keeps each shard's mutex on its own cache lines, so that two cores working on keys of
 /// different shards do not slow each other down through false sharing.
@@ -41,7 +46,7 @@ struct Central<K> {
     coordinator: Coordinator<K>,
     /// Whom to wake for each queued request. Inserted under the same lock that queues the
     /// request, so a grant can never arrive before its waiter is known.
-    waiters: HashMap<RequestId, WakeSender<K>>,
+    waiters: HashMap<RequestId, WakeSenders<K>>,
 }
 
 struct Timer {
@@ -170,7 +175,8 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
         let (answer, wakes) = self.with_all(&mut fx, |central, shards, fx| {
             let answer = central.coordinator.acquire(shards, req, now, fx);
             if let Ok(Acquired::Waiting { request, .. }) = &answer {
-                central.waiters.insert(*request, tx);
+                // A retry joining an earlier wait comes in addition to its waiter.
+                central.waiters.entry(*request).or_default().push(tx);
             }
             answer
         });
@@ -310,7 +316,7 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
         &self,
         fx: &mut Effects<K>,
         op: impl FnOnce(&mut Central<K>, &mut [&mut Shard<K>], &mut Effects<K>) -> R,
-    ) -> (R, Vec<(WakeSender<K>, CoreResult<Grant<K>>)>) {
+    ) -> (R, Wakes<K>) {
         let mut central = self.inner.central.lock();
         let mut guards: SmallVec<[MutexGuard<'_, Shard<K>>; 32]> =
             self.inner.shards.iter().map(|s| s.0.lock()).collect();
@@ -319,7 +325,7 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
         let wakes = fx
             .wakes
             .drain(..)
-            .filter_map(|wake| central.waiters.remove(&wake.request).map(|tx| (tx, wake.outcome)))
+            .filter_map(|wake| central.waiters.remove(&wake.request).map(|txs| (txs, wake.outcome)))
             .collect();
         self.publish(fx);
         (answer, wakes)
@@ -340,10 +346,10 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
 
     /// Carries out effects once every lock is released: wakes waiters (releasing grants
     /// whose waiter has gone), tells guards about lost holds, and arms the timer.
-    fn settle(&self, mut fx: Effects<K>, wakes: Vec<(WakeSender<K>, CoreResult<Grant<K>>)>) {
-        for (tx, outcome) in wakes {
-            if let Err(Ok(grant)) = tx.send(outcome) {
-                // The waiter gave up just as it was granted: hand the lock on.
+    fn settle(&self, mut fx: Effects<K>, wakes: Wakes<K>) {
+        for (txs, outcome) in wakes {
+            if let Some(grant) = deliver(txs, outcome) {
+                // The waiters gave up just as it was granted: hand the lock on.
                 self.release_grant(&grant);
             }
         }
@@ -392,11 +398,41 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
         let now = self.now();
         let mut fx = Effects::new();
         let (cancelled, wakes) = self.with_all(&mut fx, |central, shards, fx| {
+            if let Some(txs) = central.waiters.get_mut(&request) {
+                // The leaving waiter closed its receiver; a retry that joined the request
+                // may still wait for it, and then only the leaving waiter goes.
+                txs.retain(|tx| !tx.is_closed());
+                if !txs.is_empty() {
+                    return false;
+                }
+            }
             central.waiters.remove(&request);
             central.coordinator.cancel(shards, request, now, fx)
         });
         self.settle(fx, wakes);
         cancelled
+    }
+}
+
+/// Sends `outcome` to the waiters of one request. Returns the grant when none of them was
+/// left to take it, for the caller to release.
+fn deliver<K: Clone>(mut txs: WakeSenders<K>, outcome: CoreResult<Grant<K>>) -> Option<Grant<K>> {
+    if txs.len() == 1 {
+        return txs.pop().and_then(|tx| tx.send(outcome).err()).and_then(Result::ok);
+    }
+    let mut delivered = false;
+    for tx in txs {
+        let mut copy = outcome.clone();
+        if let (true, Ok(grant)) = (delivered, &mut copy) {
+            // Waiters after the first to take the grant are retries: it counted once.
+            grant.retried = true;
+        }
+        delivered |= tx.send(copy).is_ok();
+    }
+    if delivered {
+        None
+    } else {
+        outcome.ok()
     }
 }
 

@@ -139,6 +139,10 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> MemLocker<K> {
             s.holders.into_iter().find(|h| h.holder.owner == self.shared().id && h.holder.fencing_token == token)
         }) {
             let granted = self.shared().engine.transfer(&key, &self.shared().id, Some(hold.holder.mode), to.id())?;
+            if granted.count > hold.holder.count {
+                // Merged into a hold `to` already had, whose guards stand for it too.
+                to.shared().signals.add_sibling(self.shared().engine.hold_id(&key, granted.fencing_token));
+            }
             // The new owner's levels (for a merged hold, its earlier ones too) are the
             // levels this guard stands for plus any others the old hold had; the returned
             // guard releases one level, as every guard does.
@@ -153,6 +157,12 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> MemLocker<K> {
     }
 
     fn guard(&self, grant: Grant<K>) -> MemGuard<K> {
+        for hold in &grant.holds {
+            // A re-entry or a retry: another guard already stands for this hold.
+            if hold.count > 1 || grant.retried {
+                self.shared().signals.add_sibling(self.shared().engine.hold_id(&hold.key, hold.fencing_token));
+            }
+        }
         MemGuard {
             owner: self.shared().clone(),
             mode: grant.mode,
