@@ -23,7 +23,8 @@ use crate::owner::OwnerId;
 use crate::request::{Acquire, Acquired, Grant, Granted, RequestId, Wait};
 use crate::session::{SessionId, SessionInfo};
 use crate::shard::{
-    check_compatible_request, retried_granted, validate_request, Entry, GrantSpec, KeyState, Occupancy, Shard, Timer,
+    check_compatible_request, retried_granted, validate_request, Entry, GrantSpec, Hold, KeyState, Occupancy, Shard,
+    Timer,
 };
 use crate::time::Instant;
 
@@ -96,6 +97,10 @@ pub struct Coordinator<K> {
     namespaces: HashMap<String, usize>,
     last_request: u64,
     last_session: u64,
+    /// Owners whose last hold of a key ended while they wait for that key: their requests
+    /// there now wait for earlier requests too, which can close a cycle ([`Coordinator::pump`]
+    /// looks).
+    demoted: Vec<(OwnerId, K)>,
 }
 
 impl<K: Hash + Eq + Clone> Coordinator<K> {
@@ -115,6 +120,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
             namespaces: HashMap::new(),
             last_request: 0,
             last_session: 0,
+            demoted: Vec::new(),
         }
     }
 
@@ -186,7 +192,15 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
         if admitted {
             self.check_grant_limits(shards, &req.keys, &req.owner, req.mode, req.session)?;
             self.check_namespace_limits(shards, &req.keys)?;
+            if let Some(cycle) = self.cycle_if_granted(shards, &req.owner, req.mode, &req.keys) {
+                return Err(Error::Deadlock { cycle });
+            }
             let grant = self.grant_keys(shards, &req.keys, &GrantSpec::from(&req), now, fx);
+            if self.waits_by_owner.contains_key(&req.owner) {
+                // The owner may now hold a key it also waits for: its queued request there is
+                // checked against holds only from now on, and may be grantable.
+                self.pump(shards, req.keys.iter().cloned(), now, fx);
+            }
             return Ok(Acquired::Granted(grant));
         }
         if req.wait == Wait::NoWait {
@@ -441,6 +455,16 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
                 self.count_key(&key, -1);
             }
         }
+        // An owner that stopped holding a key it waits for now waits for the earlier requests
+        // there too. If that closed a cycle, its requests on that key closed it: they fail.
+        while let Some((owner, key)) = self.demoted.pop() {
+            let Some(cycle) = self.find_cycle(shards, &owner) else { continue };
+            let requests: SmallVec<[RequestId; 2]> =
+                self.waits_by_owner[&owner].iter().filter(|r| self.pending[r].keys.contains(&key)).copied().collect();
+            for request in requests {
+                self.fail_pending(shards, request, Some(Error::Deadlock { cycle: cycle.clone() }), now, fx);
+            }
+        }
     }
 
     fn grant_pending(&mut self, shards: &mut [&mut Shard<K>], request: RequestId, now: Instant, fx: &mut Effects<K>) {
@@ -461,6 +485,17 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
             }
             let error = Error::invalid("session", "the owner holds this key under another session");
             fx.wakes.push(Wake { request, owner: pending.owner, outcome: Err(error) });
+            return;
+        }
+        // A holder's conversion is granted past the requests queued before it, which then
+        // wait for it: if that closes a cycle, this request closed it.
+        if let Some(cycle) = self.cycle_if_granted(shards, &pending.owner, pending.mode, &pending.keys) {
+            if self.config.record_events {
+                for key in &pending.keys {
+                    self.shard(shards, key).event(EventKind::Cancelled, key, &pending.owner, pending.mode, 0, 0, fx);
+                }
+            }
+            fx.wakes.push(Wake { request, owner: pending.owner, outcome: Err(Error::Deadlock { cycle }) });
             return;
         }
         let grant = self.grant_keys(shards, &pending.keys, &pending.spec(), now, fx);
@@ -488,7 +523,22 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
         now: Instant,
         fx: &mut Effects<K>,
     ) -> bool {
-        let Some(pending) = self.unqueue(shards, request, now) else { return false };
+        let Some(keys) = self.withdraw(shards, request, error, now, fx) else { return false };
+        self.pump(shards, keys, now, fx);
+        true
+    }
+
+    /// [`Coordinator::fail_pending`] without reconsidering the queues it leaves: returns
+    /// their keys, for the caller to pump (`None` when the request was not queued).
+    fn withdraw(
+        &mut self,
+        shards: &mut [&mut Shard<K>],
+        request: RequestId,
+        error: Option<Error>,
+        now: Instant,
+        fx: &mut Effects<K>,
+    ) -> Option<SmallVec<[K; 1]>> {
+        let pending = self.unqueue(shards, request, now)?;
         if self.config.record_events {
             for key in &pending.keys {
                 self.shard(shards, key).event(EventKind::Cancelled, key, &pending.owner, pending.mode, 0, 0, fx);
@@ -497,8 +547,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
         if let Some(error) = error {
             fx.wakes.push(Wake { request, owner: pending.owner.clone(), outcome: Err(error) });
         }
-        self.pump(shards, pending.keys, now, fx);
-        true
+        Some(pending.keys)
     }
 
     /// Releases one level of `owner`'s hold of `key` in `mode` (its only mode when `None`).
@@ -545,6 +594,10 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
         if let Some(session) = hold.session.and_then(|s| self.sessions.get_mut(&s)) {
             session.holds = session.holds.saturating_sub(1);
         }
+        let ks = self.key_state(shards, key).expect("BUG: the key of a hold just ended");
+        if !ks.holds_of(&hold.owner) && ks.queue.iter().any(|e| e.owner.same(&hold.owner)) {
+            self.demoted.push((hold.owner, key.clone()));
+        }
     }
 
     /// Sets the expiry of `owner`'s hold of `key` to `now + ttl`.
@@ -580,9 +633,9 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
     ///
     /// # Errors
     /// As [`Coordinator::release`]; `invalid_argument` when `from` and `to` are the same
-    /// or `from` also holds the key in another mode; `deadlock` when `to` waits
-    /// (transitively) for a request queued on this key, since that request would then wait
-    /// for `to`. Nothing changes on error.
+    /// or `from` also holds the key in another mode; `deadlock` when the hand-over would
+    /// close a cycle of owners waiting on each other (`to` waits, transitively, for a
+    /// request that would then wait for `to`). Nothing changes on error.
     #[allow(clippy::too_many_arguments)]
     pub fn transfer(
         &mut self,
@@ -605,11 +658,17 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
             // to `to` would leave `to` and `from` holding incompatible modes together.
             return Err(Error::invalid("mode", "the owner also holds this key in another mode"));
         }
-        let waiting: Vec<OwnerId> = ks.queue.iter().filter(|e| !e.owner.same(to)).map(|e| e.owner.clone()).collect();
-        if let Some(path) = self.path_to_any(shards, to, &waiting) {
-            return Err(Error::Deadlock { cycle: path });
+        // Look for a cycle the hand-over would close, in the wait-for graph as it would be
+        // with `to` holding the hold (then `to`'s own requests on the key wait for holds only,
+        // and `from`'s for earlier requests too): a new cycle runs through `to` or `from`.
+        let ks = self.shard_mut(shards, key).keys.get_mut(key).expect("BUG: found a hold");
+        let owner = std::mem::replace(&mut ks.holds[idx].owner, to.clone());
+        let cycle = self.find_cycle(shards, to).or_else(|| self.find_cycle(shards, from));
+        self.shard_mut(shards, key).keys.get_mut(key).expect("BUG: found a hold").holds[idx].owner = owner;
+        if let Some(cycle) = cycle {
+            return Err(Error::Deadlock { cycle });
         }
-        let hold = ks.holds[idx].clone();
+        let hold = self.shard(shards, key).keys[key].holds[idx].clone();
         self.end_hold(shards, key, idx, Some(LostReason::Transferred), now, fx);
         let spec = GrantSpec {
             owner: to,
@@ -768,17 +827,19 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
         if let Some(session) = self.sessions.remove(&id) {
             self.session_deadlines.remove(&(session.expires_at, id));
         }
+        // All waits go before any queue is reconsidered: reconsidering after each could grant
+        // a later wait of this same session just before ending it.
         let waits: Vec<RequestId> =
             self.pending.iter().filter(|(_, p)| p.session == Some(id)).map(|(r, _)| *r).collect();
-        for request in waits {
-            self.fail_pending(shards, request, Some(Error::SessionExpired), now, fx);
-        }
         let mut touched = Vec::new();
-        for shard in shards.iter_mut() {
-            let Some(held) = shard.sessions.get(&id).cloned() else { continue };
+        for request in waits {
+            touched.extend(self.withdraw(shards, request, Some(Error::SessionExpired), now, fx).into_iter().flatten());
+        }
+        for i in 0..shards.len() {
+            let Some(held) = shards[i].sessions.get(&id).cloned() else { continue };
             for (key, owner, mode) in held {
-                let idx = shard.keys[&key].hold_index(&owner, mode).expect("BUG: session index out of date");
-                shard.end_hold(&key, idx, Some(reason), now, fx);
+                let idx = shards[i].keys[&key].hold_index(&owner, mode).expect("BUG: session index out of date");
+                self.end_hold(shards, &key, idx, Some(reason), now, fx);
                 touched.push(key);
             }
         }
@@ -858,6 +919,45 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
     /// The owner of a queued request.
     pub fn waiting_owner(&self, request: RequestId) -> Option<&OwnerId> {
         self.pending.get(&request).map(|p| &p.owner)
+    }
+
+    /// The cycle of owners waiting on each other that granting `keys` to `owner` in `mode`
+    /// would close, if any: a new hold (a holder's conversion, say) blocks requests queued
+    /// on its key, and its owner may wait, transitively, for them. Looked for with the new
+    /// holds in place for a moment.
+    fn cycle_if_granted(
+        &self,
+        shards: &mut [&mut Shard<K>],
+        owner: &OwnerId,
+        mode: Mode,
+        keys: &[K],
+    ) -> Option<Vec<OwnerId>> {
+        if !self.waits_by_owner.contains_key(owner) {
+            return None;
+        }
+        let mut placed: SmallVec<[&K; 4]> = SmallVec::new();
+        for key in keys {
+            let Some(ks) = self.shard_mut(shards, key).keys.get_mut(key) else { continue };
+            if ks.queue.is_empty() || ks.hold_index(owner, mode).is_some() {
+                continue;
+            }
+            ks.holds.push(Hold {
+                owner: owner.clone(),
+                mode,
+                count: 1,
+                token: 0,
+                session: None,
+                expiry: None,
+                request_ids: Vec::new(),
+                lock_delay: None,
+            });
+            placed.push(key);
+        }
+        let cycle = if placed.is_empty() { None } else { self.find_cycle(shards, owner) };
+        for key in placed {
+            self.shard_mut(shards, key).keys.get_mut(key).expect("BUG: placed above").holds.pop();
+        }
+        cycle
     }
 
     /// Looks for a cycle of owners waiting on each other through `start`, following the

@@ -322,11 +322,21 @@ impl<K: Hash + Eq + Clone> Shard<K> {
             if let Some(grant) = retried_grant(ks, key, req) {
                 return Ok(Ok(Acquired::Granted(grant)));
             }
+            if req.request_id.is_some() && !ks.queue.is_empty() {
+                // The id may name a queued request, which only the coordinator knows.
+                return Err(Escalate);
+            }
             if !ks.admits(&req.owner, req.mode, ks.queue.len(), now) {
                 return match req.wait {
                     Wait::NoWait => Ok(Err(Error::Busy { holders: ks.holders() })),
                     _ => Err(Escalate),
                 };
+            }
+            if !ks.queue.is_empty() && ks.hold_index(&req.owner, req.mode).is_none() {
+                // A new hold on a key with waiters may close a cycle of owners waiting on each
+                // other, or make the owner's own queued request grantable: only the
+                // coordinator sees those. (A re-entry changes neither.)
+                return Err(Escalate);
             }
         }
         let granted = self.grant(key, &GrantSpec::from(req), now, fx);
