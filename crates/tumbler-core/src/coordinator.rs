@@ -24,7 +24,7 @@ use crate::request::{Acquire, Acquired, Grant, Granted, RequestId, Wait};
 use crate::session::{SessionId, SessionInfo};
 use crate::shard::{
     check_compatible_request, retried_granted, validate_request, Entry, GrantSpec, Hold, KeyState, Occupancy, Shard,
-    Timer,
+    Shards, Timer,
 };
 use crate::time::Instant;
 
@@ -139,15 +139,15 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
         &self.config
     }
 
-    fn shard<'s>(&self, shards: &'s [&mut Shard<K>], key: &K) -> &'s Shard<K> {
-        shards[self.layout.shard_of(key)]
+    fn shard<'s>(&self, shards: &'s mut dyn Shards<K>, key: &K) -> &'s mut Shard<K> {
+        shards.get(self.layout.shard_of(key))
     }
 
-    fn shard_mut<'s>(&self, shards: &'s mut [&mut Shard<K>], key: &K) -> &'s mut Shard<K> {
-        shards[self.layout.shard_of(key)]
+    fn shard_mut<'s>(&self, shards: &'s mut dyn Shards<K>, key: &K) -> &'s mut Shard<K> {
+        shards.get(self.layout.shard_of(key))
     }
 
-    fn key_state<'s>(&self, shards: &'s [&mut Shard<K>], key: &K) -> Option<&'s KeyState> {
+    fn key_state<'s>(&self, shards: &'s mut dyn Shards<K>, key: &K) -> Option<&'s KeyState> {
         self.shard(shards, key).keys.get(key)
     }
 
@@ -165,7 +165,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
     /// nothing changed.
     pub fn acquire(
         &mut self,
-        shards: &mut [&mut Shard<K>],
+        shards: &mut dyn Shards<K>,
         mut req: Acquire<K>,
         now: Instant,
         fx: &mut Effects<K>,
@@ -211,7 +211,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
     }
 
     /// The answer to a retried request id, if this is one.
-    fn retry_answer(&self, shards: &[&mut Shard<K>], req: &Acquire<K>) -> Result<Option<Acquired<K>>> {
+    fn retry_answer(&self, shards: &mut dyn Shards<K>, req: &Acquire<K>) -> Result<Option<Acquired<K>>> {
         let Some(id) = &req.request_id else { return Ok(None) };
         if let Some(&request) = self.retries.get(&(req.owner.clone(), id.clone())) {
             let pending = &self.pending[&request];
@@ -238,7 +238,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
 
     fn enqueue(
         &mut self,
-        shards: &mut [&mut Shard<K>],
+        shards: &mut dyn Shards<K>,
         req: Acquire<K>,
         now: Instant,
         fx: &mut Effects<K>,
@@ -302,7 +302,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
 
     /// Removes a queued request from the coordinator and from every queue it stands in,
     /// returning it and the keys whose queues it left.
-    fn unqueue(&mut self, shards: &mut [&mut Shard<K>], request: RequestId, _now: Instant) -> Option<Pending<K>> {
+    fn unqueue(&mut self, shards: &mut dyn Shards<K>, request: RequestId, _now: Instant) -> Option<Pending<K>> {
         let pending = self.pending.remove(&request)?;
         for key in &pending.keys {
             let shard = self.shard_mut(shards, key);
@@ -331,7 +331,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
     /// Grants `keys` in the name of `spec`, counting new session holds.
     fn grant_keys(
         &mut self,
-        shards: &mut [&mut Shard<K>],
+        shards: &mut dyn Shards<K>,
         keys: &[K],
         spec: &GrantSpec<'_>,
         now: Instant,
@@ -356,7 +356,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
 
     fn check_grant_limits(
         &self,
-        shards: &[&mut Shard<K>],
+        shards: &mut dyn Shards<K>,
         keys: &[K],
         owner: &OwnerId,
         mode: Mode,
@@ -371,22 +371,21 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
             .count();
         // Queued requests of the session add their holds when granted, past any check:
         // count them now, so that no grant from a queue takes the session past its bound.
-        let queued: usize = self
-            .pending
-            .values()
-            .filter(|p| p.session == Some(session))
-            .map(|p| {
-                let held = |k: &&K| self.key_state(shards, k).and_then(|ks| ks.hold_index(&p.owner, p.mode)).is_some();
-                p.keys.iter().filter(|k| !held(k)).count()
-            })
-            .sum();
+        let mut queued = 0;
+        for p in self.pending.values().filter(|p| p.session == Some(session)) {
+            for k in &p.keys {
+                if self.key_state(shards, k).and_then(|ks| ks.hold_index(&p.owner, p.mode)).is_none() {
+                    queued += 1;
+                }
+            }
+        }
         if self.sessions.get(&session).map_or(0, |s| s.holds) + queued + new > max {
             return Err(Error::limit("holds_per_session", max));
         }
         Ok(())
     }
 
-    fn check_namespace_limits(&self, shards: &[&mut Shard<K>], keys: &[K]) -> Result<()> {
+    fn check_namespace_limits(&self, shards: &mut dyn Shards<K>, keys: &[K]) -> Result<()> {
         let (Some(max), Some(namespace_of)) = (self.config.limits.max_keys_per_namespace, self.config.namespace_of)
         else {
             return Ok(());
@@ -421,7 +420,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
     /// that no request stays queued while it could be granted.
     fn pump(
         &mut self,
-        shards: &mut [&mut Shard<K>],
+        shards: &mut dyn Shards<K>,
         keys: impl IntoIterator<Item = K>,
         now: Instant,
         fx: &mut Effects<K>,
@@ -467,7 +466,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
         }
     }
 
-    fn grant_pending(&mut self, shards: &mut [&mut Shard<K>], request: RequestId, now: Instant, fx: &mut Effects<K>) {
+    fn grant_pending(&mut self, shards: &mut dyn Shards<K>, request: RequestId, now: Instant, fx: &mut Effects<K>) {
         let pending = self.unqueue(shards, request, now).expect("BUG: granting a request that is not queued");
         // The owner may have come to hold a key in this mode under another session while
         // the request waited; as for an immediate grant, its level may not join that hold
@@ -507,7 +506,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
     /// granted or failed, and its [`Wake`] is on its way.
     pub fn cancel(
         &mut self,
-        shards: &mut [&mut Shard<K>],
+        shards: &mut dyn Shards<K>,
         request: RequestId,
         now: Instant,
         fx: &mut Effects<K>,
@@ -517,7 +516,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
 
     fn fail_pending(
         &mut self,
-        shards: &mut [&mut Shard<K>],
+        shards: &mut dyn Shards<K>,
         request: RequestId,
         error: Option<Error>,
         now: Instant,
@@ -532,7 +531,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
     /// their keys, for the caller to pump (`None` when the request was not queued).
     fn withdraw(
         &mut self,
-        shards: &mut [&mut Shard<K>],
+        shards: &mut dyn Shards<K>,
         request: RequestId,
         error: Option<Error>,
         now: Instant,
@@ -561,7 +560,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
     #[allow(clippy::too_many_arguments)]
     pub fn release(
         &mut self,
-        shards: &mut [&mut Shard<K>],
+        shards: &mut dyn Shards<K>,
         key: &K,
         owner: &OwnerId,
         mode: Option<Mode>,
@@ -583,7 +582,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
     /// Ends a hold entirely (all levels), keeping session counts right.
     fn end_hold(
         &mut self,
-        shards: &mut [&mut Shard<K>],
+        shards: &mut dyn Shards<K>,
         key: &K,
         idx: usize,
         reason: Option<LostReason>,
@@ -607,7 +606,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
     #[allow(clippy::too_many_arguments)]
     pub fn refresh(
         &mut self,
-        shards: &mut [&mut Shard<K>],
+        shards: &mut dyn Shards<K>,
         key: &K,
         owner: &OwnerId,
         mode: Option<Mode>,
@@ -639,7 +638,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
     #[allow(clippy::too_many_arguments)]
     pub fn transfer(
         &mut self,
-        shards: &mut [&mut Shard<K>],
+        shards: &mut dyn Shards<K>,
         key: &K,
         from: &OwnerId,
         mode: Option<Mode>,
@@ -701,7 +700,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
 
     /// Ends every hold of `key` (administrative force release); their guards are told.
     /// Returns how many holds ended.
-    pub fn force_release(&mut self, shards: &mut [&mut Shard<K>], key: &K, now: Instant, fx: &mut Effects<K>) -> usize {
+    pub fn force_release(&mut self, shards: &mut dyn Shards<K>, key: &K, now: Instant, fx: &mut Effects<K>) -> usize {
         let mut ended = 0;
         while self.key_state(shards, key).is_some_and(|ks| !ks.holds.is_empty()) {
             self.end_hold(shards, key, 0, Some(LostReason::ForceReleased), now, fx);
@@ -717,7 +716,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
     /// way its guards are told their holds are gone. Returns how many holds ended.
     pub fn end_owner(
         &mut self,
-        shards: &mut [&mut Shard<K>],
+        shards: &mut dyn Shards<K>,
         owner: &OwnerId,
         voluntary: bool,
         now: Instant,
@@ -729,10 +728,10 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
         }
         let reason = if voluntary { LostReason::Goodbye } else { LostReason::OwnerEnded };
         let mut touched = Vec::new();
-        for i in 0..shards.len() {
-            let Some(held) = shards[i].owners.get(owner).cloned() else { continue };
+        for i in 0..shards.count() {
+            let Some(held) = shards.get(i).owners.get(owner).cloned() else { continue };
             for (key, mode) in held {
-                let idx = shards[i].keys[&key].hold_index(owner, mode).expect("BUG: owner index out of date");
+                let idx = shards.get(i).keys[&key].hold_index(owner, mode).expect("BUG: owner index out of date");
                 self.end_hold(shards, &key, idx, Some(reason), now, fx);
                 touched.push(key);
             }
@@ -804,7 +803,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
     /// `session_expired` when it is unknown or already ended.
     pub fn end_session(
         &mut self,
-        shards: &mut [&mut Shard<K>],
+        shards: &mut dyn Shards<K>,
         id: SessionId,
         now: Instant,
         fx: &mut Effects<K>,
@@ -818,7 +817,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
 
     fn finish_session(
         &mut self,
-        shards: &mut [&mut Shard<K>],
+        shards: &mut dyn Shards<K>,
         id: SessionId,
         reason: LostReason,
         now: Instant,
@@ -835,10 +834,10 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
         for request in waits {
             touched.extend(self.withdraw(shards, request, Some(Error::SessionExpired), now, fx).into_iter().flatten());
         }
-        for i in 0..shards.len() {
-            let Some(held) = shards[i].sessions.get(&id).cloned() else { continue };
+        for i in 0..shards.count() {
+            let Some(held) = shards.get(i).sessions.get(&id).cloned() else { continue };
             for (key, owner, mode) in held {
-                let idx = shards[i].keys[&key].hold_index(&owner, mode).expect("BUG: session index out of date");
+                let idx = shards.get(i).keys[&key].hold_index(&owner, mode).expect("BUG: session index out of date");
                 self.end_hold(shards, &key, idx, Some(reason), now, fx);
                 touched.push(key);
             }
@@ -853,10 +852,10 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
     /// as timely ones would have: a session that ended, or a wait that ran out, before a
     /// hold expired is not granted that hold's key. On a tie, sessions end first, then
     /// shard timers fire, then waits run out.
-    pub fn tick(&mut self, shards: &mut [&mut Shard<K>], now: Instant, fx: &mut Effects<K>) {
+    pub fn tick(&mut self, shards: &mut dyn Shards<K>, now: Instant, fx: &mut Effects<K>) {
         loop {
             let session = self.session_deadlines.first().copied().filter(|(at, _)| *at <= now);
-            let timer = shards.iter().enumerate().filter_map(|(i, s)| Some((s.next_deadline()?, i))).min();
+            let timer = (0..shards.count()).filter_map(|i| Some((shards.get(i).next_deadline()?, i))).min();
             let timer = timer.filter(|(at, _)| *at <= now);
             let wait = self.deadlines.first().copied().filter(|(at, _)| *at <= now);
             let earliest = [session.map(|s| s.0), timer.map(|t| t.0), wait.map(|w| w.0)].into_iter().flatten().min();
@@ -864,16 +863,17 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
             if let Some((_, id)) = session.filter(|s| s.0 == at) {
                 self.finish_session(shards, id, LostReason::Expired, now, fx);
             } else if let Some((_, i)) = timer.filter(|t| t.0 == at) {
-                let entry = shards[i].timers.first_entry().expect("BUG: a due timer vanished");
+                let entry = shards.get(i).timers.first_entry().expect("BUG: a due timer vanished");
                 match entry.remove() {
                     Timer::Expiry { key, owner, mode } => {
-                        let idx = shards[i].keys[&key].hold_index(&owner, mode).expect("BUG: timer of an absent hold");
-                        shards[i].keys.get_mut(&key).expect("BUG: checked").holds[idx].expiry = None;
+                        let idx =
+                            shards.get(i).keys[&key].hold_index(&owner, mode).expect("BUG: timer of an absent hold");
+                        shards.get(i).keys.get_mut(&key).expect("BUG: checked").holds[idx].expiry = None;
                         self.end_hold(shards, &key, idx, Some(LostReason::Expired), now, fx);
                         self.pump(shards, [key], now, fx);
                     }
                     Timer::DelayEnd { key } => {
-                        if let Some(ks) = shards[i].keys.get_mut(&key) {
+                        if let Some(ks) = shards.get(i).keys.get_mut(&key) {
                             ks.delay = None;
                         }
                         self.pump(shards, [key], now, fx);
@@ -886,15 +886,15 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
     }
 
     /// The earliest instant at which [`Coordinator::tick`] has something to do.
-    pub fn next_deadline(&self, shards: &[&mut Shard<K>]) -> Option<Instant> {
-        let shard_next = shards.iter().filter_map(|s| s.next_deadline()).min();
+    pub fn next_deadline(&self, shards: &mut dyn Shards<K>) -> Option<Instant> {
+        let shard_next = (0..shards.count()).filter_map(|i| shards.get(i).next_deadline()).min();
         let waits = self.deadlines.first().map(|(at, _)| *at);
         let sessions = self.session_deadlines.first().map(|(at, _)| *at);
         [shard_next, waits, sessions].into_iter().flatten().min()
     }
 
     /// Who holds and waits for `key`, or `None` when it is free and nobody waits.
-    pub fn status(&self, shards: &[&mut Shard<K>], key: &K) -> Option<KeyStatus> {
+    pub fn status(&self, shards: &mut dyn Shards<K>, key: &K) -> Option<KeyStatus> {
         let ks = self.key_state(shards, key)?;
         Some(KeyStatus {
             holders: ks
@@ -927,7 +927,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
     /// holds in place for a moment.
     fn cycle_if_granted(
         &self,
-        shards: &mut [&mut Shard<K>],
+        shards: &mut dyn Shards<K>,
         owner: &OwnerId,
         mode: Mode,
         keys: &[K],
@@ -964,7 +964,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
     /// wait-for graph: an owner waits for the owners whose holds, or whose earlier queued
     /// requests, keep one of its queued requests from being granted. The cycle starts with
     /// `start`; each owner waits for the next and the last for `start`.
-    fn find_cycle(&self, shards: &[&mut Shard<K>], start: &OwnerId) -> Option<Vec<OwnerId>> {
+    fn find_cycle(&self, shards: &mut dyn Shards<K>, start: &OwnerId) -> Option<Vec<OwnerId>> {
         let mut path = self.path_to_any(shards, start, std::slice::from_ref(start))?;
         path.pop();
         Some(path)
@@ -972,7 +972,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
 
     /// A path `from -> ... -> t` in the wait-for graph ending at the first owner `t` of
     /// `targets` it reaches (both ends included), or `None` when no target is reachable.
-    fn path_to_any(&self, shards: &[&mut Shard<K>], from: &OwnerId, targets: &[OwnerId]) -> Option<Vec<OwnerId>> {
+    fn path_to_any(&self, shards: &mut dyn Shards<K>, from: &OwnerId, targets: &[OwnerId]) -> Option<Vec<OwnerId>> {
         if targets.is_empty() {
             return None;
         }
@@ -1000,7 +1000,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
         None
     }
 
-    fn blockers_of(&self, shards: &[&mut Shard<K>], owner: &OwnerId) -> Vec<OwnerId> {
+    fn blockers_of(&self, shards: &mut dyn Shards<K>, owner: &OwnerId) -> Vec<OwnerId> {
         let mut out = Vec::new();
         for request in self.waits_by_owner.get(owner).into_iter().flatten() {
             let pending = &self.pending[request];

@@ -29,6 +29,30 @@ use crate::time::Instant;
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct Escalate;
 
+/// The shards of one table, as a coordinator operation reaches them.
+///
+/// An operation asks for a shard only when it needs it, so a caller that keeps shards
+/// behind separate locks can lock each on first request and hold it until the operation
+/// ends. That is free of lock-order deadlocks as long as every such operation also holds
+/// one common lock (the coordinator's) and single-shard paths never wait for a second
+/// lock while holding a shard.
+pub trait Shards<K> {
+    /// How many shards the table has.
+    fn count(&self) -> usize;
+    /// Shard `index` (less than [`Shards::count`]).
+    fn get(&mut self, index: usize) -> &mut Shard<K>;
+}
+
+impl<K> Shards<K> for Vec<Shard<K>> {
+    fn count(&self) -> usize {
+        self.len()
+    }
+
+    fn get(&mut self, index: usize) -> &mut Shard<K> {
+        &mut self[index]
+    }
+}
+
 /// One owner's hold of a key in one mode.
 #[derive(Clone, Debug)]
 pub(crate) struct Hold {

@@ -4,8 +4,6 @@
 use std::hash::Hash;
 use std::time::Duration;
 
-use smallvec::SmallVec;
-
 use crate::config::Config;
 use crate::coordinator::{Coordinator, KeyStatus};
 use crate::effects::Effects;
@@ -15,7 +13,7 @@ use crate::mode::Mode;
 use crate::owner::OwnerId;
 use crate::request::{Acquire, Acquired, Granted, RequestId};
 use crate::session::{SessionId, SessionInfo};
-use crate::shard::Shard;
+use crate::shard::{Shard, Shards};
 use crate::time::Instant;
 
 /// A complete lock table in one value: for single-threaded callers, tests, and the
@@ -47,9 +45,8 @@ impl<K: Hash + Eq + Clone> LockTable<K> {
 
     /// Runs `f` with the coordinator and every shard, as the coordinator's operations
     /// expect them.
-    fn with_all<R>(&mut self, f: impl FnOnce(&mut Coordinator<K>, &mut [&mut Shard<K>]) -> R) -> R {
-        let mut shards: SmallVec<[&mut Shard<K>; 16]> = self.shards.iter_mut().collect();
-        f(&mut self.coordinator, &mut shards)
+    fn with_all<R>(&mut self, f: impl FnOnce(&mut Coordinator<K>, &mut dyn Shards<K>) -> R) -> R {
+        f(&mut self.coordinator, &mut self.shards)
     }
 
     /// The key-to-shard mapping.

@@ -24,7 +24,7 @@ use smallvec::SmallVec;
 use tokio::sync::{broadcast, oneshot, Notify};
 use tumbler_core::{
     Acquire, Acquired, Config, Coordinator, Effects, Event, EventLog, Grant, Granted, Instant, KeyStatus, Layout, Mode,
-    OwnerId, RequestId, SessionId, SessionInfo, Shard,
+    OwnerId, RequestId, SessionId, SessionInfo, Shard, Shards,
 };
 
 use crate::lost::{HoldId, OwnerSignals};
@@ -303,24 +303,23 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
     }
 
     /// Runs `op` on the coordinator with every shard locked, then settles its effects.
-    fn full<R>(&self, op: impl FnOnce(&mut Coordinator<K>, &mut [&mut Shard<K>], &mut Effects<K>) -> R) -> R {
+    fn full<R>(&self, op: impl FnOnce(&mut Coordinator<K>, &mut dyn Shards<K>, &mut Effects<K>) -> R) -> R {
         let mut fx = Effects::new();
         let (answer, wakes) = self.with_all(&mut fx, |central, shards, fx| op(&mut central.coordinator, shards, fx));
         self.settle(fx, wakes);
         answer
     }
 
-    /// Locks the central state and every shard (in that fixed order), runs `op`, pairs the
+    /// Locks the central state, runs `op` with shards locked as it reaches them, pairs the
     /// wakes it produced with their waiters and stamps its events, all before unlocking.
     fn with_all<R>(
         &self,
         fx: &mut Effects<K>,
-        op: impl FnOnce(&mut Central<K>, &mut [&mut Shard<K>], &mut Effects<K>) -> R,
+        op: impl FnOnce(&mut Central<K>, &mut dyn Shards<K>, &mut Effects<K>) -> R,
     ) -> (R, Wakes<K>) {
         let mut central = self.inner.central.lock();
-        let mut guards: SmallVec<[MutexGuard<'_, Shard<K>>; 32]> =
-            self.inner.shards.iter().map(|s| s.0.lock()).collect();
-        let mut shards: SmallVec<[&mut Shard<K>; 32]> = guards.iter_mut().map(|g| &mut **g).collect();
+        let mut shards =
+            LockedShards { shards: &self.inner.shards, guards: (0..self.inner.shards.len()).map(|_| None).collect() };
         let answer = op(&mut central, &mut shards, fx);
         let wakes = fx
             .wakes
@@ -433,6 +432,27 @@ fn deliver<K: Clone>(mut txs: WakeSenders<K>, outcome: CoreResult<Grant<K>>) -> 
         None
     } else {
         outcome.ok()
+    }
+}
+
+/// The shards of the engine as a coordinator operation sees them: each is locked when the
+/// operation first asks for it and stays locked until the operation ends. Operations that
+/// reach the coordinator hold the central lock, so they never race each other for shard
+/// locks, and single-shard paths never wait for a second lock while holding one: locking
+/// shards in the order an operation asks for them cannot deadlock. A hand-off on one key
+/// thus locks that key's shard only.
+struct LockedShards<'a, K> {
+    shards: &'a [Padded<Mutex<Shard<K>>>],
+    guards: SmallVec<[Option<MutexGuard<'a, Shard<K>>>; 32]>,
+}
+
+impl<K> Shards<K> for LockedShards<'_, K> {
+    fn count(&self) -> usize {
+        self.shards.len()
+    }
+
+    fn get(&mut self, index: usize) -> &mut Shard<K> {
+        self.guards[index].get_or_insert_with(|| self.shards[index].0.lock())
     }
 }
 
