@@ -6,7 +6,7 @@
 //! shards behind separate locks takes all of them (in index order) for these operations.
 //! Only the hot single-shard paths of [`Shard`] run without it.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::hash::Hash;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::effects::{Effects, LostReason, Wake};
 use crate::error::{Error, Holder, Result};
 use crate::event::EventKind;
+use crate::hash::Map;
 use crate::layout::Layout;
 use crate::mode::Mode;
 use crate::owner::OwnerId;
@@ -88,13 +89,13 @@ pub struct HolderStatus {
 pub struct Coordinator<K> {
     layout: Layout,
     config: Arc<Config<K>>,
-    pending: HashMap<RequestId, Pending<K>>,
-    waits_by_owner: HashMap<OwnerId, SmallVec<[RequestId; 2]>>,
-    retries: HashMap<(OwnerId, Arc<str>), RequestId>,
+    pending: Map<RequestId, Pending<K>>,
+    waits_by_owner: Map<OwnerId, SmallVec<[RequestId; 2]>>,
+    retries: Map<(OwnerId, Arc<str>), RequestId>,
     deadlines: BTreeSet<(Instant, RequestId)>,
-    sessions: HashMap<SessionId, Session>,
+    sessions: Map<SessionId, Session>,
     session_deadlines: BTreeSet<(Instant, SessionId)>,
-    namespaces: HashMap<String, usize>,
+    namespaces: Map<String, usize>,
     last_request: u64,
     last_session: u64,
     /// Owners whose last hold of a key ended while they wait for that key: their requests
@@ -111,13 +112,13 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
         Coordinator {
             layout,
             config: Arc::new(config),
-            pending: HashMap::new(),
-            waits_by_owner: HashMap::new(),
-            retries: HashMap::new(),
+            pending: Map::default(),
+            waits_by_owner: Map::default(),
+            retries: Map::default(),
             deadlines: BTreeSet::new(),
-            sessions: HashMap::new(),
+            sessions: Map::default(),
             session_deadlines: BTreeSet::new(),
-            namespaces: HashMap::new(),
+            namespaces: Map::default(),
             last_request: 0,
             last_session: 0,
             demoted: Vec::new(),
@@ -390,7 +391,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
         else {
             return Ok(());
         };
-        let mut new: HashMap<&str, usize> = HashMap::new();
+        let mut new: Map<&str, usize> = Map::default();
         for key in keys.iter().filter(|k| self.key_state(shards, k).is_none()) {
             *new.entry(namespace_of(key)).or_default() += 1;
         }

@@ -1,6 +1,8 @@
 //! Which shard a key lives in.
 
-use std::hash::{BuildHasher, Hash, RandomState};
+use std::hash::{BuildHasher, Hash};
+
+use foldhash::quality::RandomState;
 
 /// Maps keys to shards. Cloned into every caller that locks a shard by key, so all of
 /// them agree; built once per table with a random hasher seed, so keys chosen by remote
@@ -14,7 +16,7 @@ pub struct Layout {
 impl Layout {
     /// A layout over `shards` shards (at least 1).
     pub fn new(shards: usize) -> Self {
-        Layout { shards: shards.max(1), hasher: RandomState::new() }
+        Layout { shards: shards.max(1), hasher: RandomState::default() }
     }
 
     /// How many shards there are.

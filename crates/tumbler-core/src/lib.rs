@@ -41,6 +41,7 @@ mod coordinator;
 mod effects;
 mod error;
 mod event;
+mod hash;
 mod key;
 mod layout;
 mod mode;

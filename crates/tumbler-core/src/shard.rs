@@ -7,7 +7,7 @@
 //! shard borrowed. Everything else answers [`Escalate`], and the caller retries through
 //! the coordinator with every shard borrowed ([`crate::Coordinator`]).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::hash::Hash;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::effects::{Effects, Lost, LostReason};
 use crate::error::{Error, Holder, Result};
 use crate::event::{Event, EventKind};
+use crate::hash::Map;
 use crate::mode::Mode;
 use crate::owner::OwnerId;
 use crate::request::{Acquire, Acquired, Grant, Granted, RequestId, Wait};
@@ -257,9 +258,9 @@ pub(crate) enum Timer<K> {
 /// One shard of a lock table. See the module documentation.
 #[derive(Debug)]
 pub struct Shard<K> {
-    pub(crate) keys: HashMap<K, KeyState>,
-    pub(crate) owners: HashMap<OwnerId, SmallVec<[(K, Mode); 2]>>,
-    pub(crate) sessions: HashMap<SessionId, SmallVec<[SessionHold<K>; 2]>>,
+    pub(crate) keys: Map<K, KeyState>,
+    pub(crate) owners: Map<OwnerId, SmallVec<[(K, Mode); 2]>>,
+    pub(crate) sessions: Map<SessionId, SmallVec<[SessionHold<K>; 2]>>,
     pub(crate) timers: BTreeMap<(Instant, u64), Timer<K>>,
     next_timer: u64,
     /// The last fencing token handed out by this shard. Every key lives in exactly one
@@ -295,9 +296,9 @@ impl<'r, K> From<&'r Acquire<K>> for GrantSpec<'r> {
 impl<K: Hash + Eq + Clone> Shard<K> {
     pub(crate) fn new(config: Arc<Config<K>>) -> Self {
         Shard {
-            keys: HashMap::new(),
-            owners: HashMap::new(),
-            sessions: HashMap::new(),
+            keys: Map::default(),
+            owners: Map::default(),
+            sessions: Map::default(),
             timers: BTreeMap::new(),
             next_timer: 0,
             last_token: 0,
@@ -612,7 +613,7 @@ impl<K: Hash + Eq + Clone> Shard<K> {
 /// Removes the first item matching `matches` from `map[id]`, dropping the entry when it
 /// becomes empty.
 fn remove_from_index<I: Hash + Eq, T, const N: usize>(
-    map: &mut HashMap<I, SmallVec<[T; N]>>,
+    map: &mut Map<I, SmallVec<[T; N]>>,
     id: &I,
     matches: impl Fn(&T) -> bool,
 ) where
