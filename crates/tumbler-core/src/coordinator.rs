@@ -685,6 +685,8 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
         let new_hold = &mut ks.holds[new_idx];
         new_hold.count = new_hold.count.checked_add(hold.count - 1).expect("lock count overflow");
         new_hold.request_ids.extend(hold.request_ids);
+        let excess = new_hold.request_ids.len().saturating_sub(crate::shard::REMEMBERED_REQUEST_IDS);
+        new_hold.request_ids.drain(..excess);
         granted.count = new_hold.count;
         let later = match (new_hold.expiry.map(|(at, _)| at), hold.expiry.map(|(at, _)| at)) {
             (None, theirs) => theirs,

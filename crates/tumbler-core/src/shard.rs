@@ -30,6 +30,10 @@ use crate::time::Instant;
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct Escalate;
 
+/// How many request ids a hold remembers for retries: a retry arrives soon after its
+/// original, so the most recent ones are the ones that matter.
+pub const REMEMBERED_REQUEST_IDS: usize = 64;
+
 /// The shards of one table, as a coordinator operation reaches them.
 ///
 /// An operation asks for a shard only when it needs it, so a caller that keeps shards
@@ -64,7 +68,10 @@ pub(crate) struct Hold {
     pub session: Option<SessionId>,
     /// The expiry and the id of its timer in [`Shard::timers`].
     pub expiry: Option<(Instant, u64)>,
-    /// Request ids of the levels entered, innermost last (for retry de-duplication).
+    /// Request ids that entered this hold, oldest first, at most [`REMEMBERED_REQUEST_IDS`]
+    /// (for retry de-duplication). They stay for the hold's life: releases name no level,
+    /// so forgetting one on release could forget the wrong one and let its retry count
+    /// again.
     pub request_ids: Vec<Arc<str>>,
     pub lock_delay: Option<Duration>,
 }
@@ -440,6 +447,9 @@ impl<K: Hash + Eq + Clone> Shard<K> {
             let hold = &mut ks.holds[idx];
             hold.count = hold.count.checked_add(1).expect("lock count overflow");
             if let Some(id) = spec.request_id {
+                if hold.request_ids.len() == REMEMBERED_REQUEST_IDS {
+                    hold.request_ids.remove(0);
+                }
                 hold.request_ids.push(id.clone());
             }
             if spec.lock_delay.is_some() {
@@ -491,12 +501,6 @@ impl<K: Hash + Eq + Clone> Shard<K> {
         let hold = &mut ks.holds[idx];
         if hold.count > 1 {
             hold.count -= 1;
-            // Levels entered without a request id leave no id behind: drop one only when
-            // more ids than levels remain, so that a level entered with an id keeps
-            // answering its retries while it may still be held.
-            if hold.request_ids.len() > hold.count as usize {
-                hold.request_ids.pop();
-            }
             let (owner, mode, count, token) = (hold.owner.clone(), hold.mode, hold.count, hold.token);
             self.event(EventKind::Released, key, &owner, mode, count, token, fx);
             return count;

@@ -1471,3 +1471,25 @@ fn a_cancelled_or_granted_wait_no_longer_has_a_deadline() {
     assert_eq!(lab.granted().len(), 1);
     assert_eq!(lab.table.next_deadline(), None);
 }
+
+#[test]
+fn request_id_retry_after_another_level_is_released_does_not_count_again() {
+    // r1 and r2 enter one hold; r1's level is released; a retry of r2 (its reply was
+    // lost) must answer the grant without counting a second level.
+    let mut t: LockTable<&str> = LockTable::default();
+    let mut fx = Effects::new();
+    let o = OwnerId::new("o").unwrap();
+    let now = Instant::ZERO;
+    t.acquire(Acquire::new("k", o.clone()).request_id("r1"), now, &mut fx).unwrap();
+    t.acquire(Acquire::new("k", o.clone()).request_id("r2"), now, &mut fx).unwrap();
+    assert_eq!(t.release(&"k", &o, None, None, now, &mut fx).unwrap(), 1);
+    match t.acquire(Acquire::new("k", o.clone()).request_id("r2"), now, &mut fx).unwrap() {
+        Acquired::Granted(g) => {
+            assert!(g.retried);
+            assert_eq!(g.holds[0].count, 1);
+        }
+        other => panic!("expected the original grant, got {other:?}"),
+    }
+    assert_eq!(t.release(&"k", &o, None, None, now, &mut fx).unwrap(), 0);
+    assert!(t.status(&"k").is_none());
+}
