@@ -33,6 +33,9 @@ pub enum LostReason {
     ForceReleased,
     /// It was handed to another owner.
     Transferred,
+    /// The connection or session that carried it was lost (a backend outside the table,
+    /// such as a PostgreSQL connection or a server session lease, reports this).
+    ConnectionLost,
 }
 
 impl LostReason {
@@ -45,6 +48,7 @@ impl LostReason {
             LostReason::Goodbye => "goodbye",
             LostReason::ForceReleased => "force_released",
             LostReason::Transferred => "transferred",
+            LostReason::ConnectionLost => "connection_lost",
         }
     }
 }

@@ -90,7 +90,10 @@ async fn main() -> tumbler::Result<()> {
     let elapsed = started.elapsed();
     let total: i64 = balances.lock().values().sum();
     let moves = tellers * transfers;
-    println!("{tellers} tellers made {moves} transfers in {elapsed:.2?} ({:.0} transfers/s)", moves as f64 / elapsed.as_secs_f64());
+    println!(
+        "{tellers} tellers made {moves} transfers in {elapsed:.2?} ({:.0} transfers/s)",
+        moves as f64 / elapsed.as_secs_f64()
+    );
     println!("{audits} audits under shared locks all balanced; final total {total}");
     assert_eq!(total, i64::from(ACCOUNTS) * START_BALANCE);
     Ok(())

@@ -31,12 +31,15 @@
 //! # Backends
 //!
 //! - [`mem`]: in-process, sharded, waiters woken by notification.
+//! - `pg` (feature `postgres`): PostgreSQL advisory locks, session- and transaction-scoped.
 
 mod error;
 mod helpers;
 mod locker;
 mod lost;
 pub mod mem;
+#[cfg(feature = "postgres")]
+pub mod pg;
 mod options;
 
 pub use error::{Error, Result};
