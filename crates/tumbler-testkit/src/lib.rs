@@ -64,6 +64,8 @@
 mod backend;
 pub mod conformance;
 mod mem;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 
 pub use backend::Backend;
 pub use mem::MemBackend;

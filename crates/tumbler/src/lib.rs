@@ -38,9 +38,9 @@ mod helpers;
 mod locker;
 mod lost;
 pub mod mem;
+mod options;
 #[cfg(feature = "postgres")]
 pub mod pg;
-mod options;
 
 pub use error::{Error, Result};
 pub use helpers::LockerExt;

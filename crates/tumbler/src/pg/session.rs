@@ -303,7 +303,13 @@ impl Session {
 
     /// Waits in PostgreSQL, bounded by `lock_timeout` set for this transaction only, so
     /// the session's own setting is back in force afterwards whatever happens.
-    async fn block(&self, conn: &mut Conn, key: PgKey, shared: bool, deadline: Option<tokio::time::Instant>) -> Result<(), Failure> {
+    async fn block(
+        &self,
+        conn: &mut Conn,
+        key: PgKey,
+        shared: bool,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<(), Failure> {
         let c = conn.conn.as_mut().expect("BUG: checked by lock_conn");
         let timeout = match deadline {
             None => "0".to_owned(),
@@ -337,7 +343,11 @@ impl Session {
                     // granted to a request that reports failure would be held by nobody.
                     let known = self.holds.lock().map.get(&(key, shared)).map_or(0, |h| h.count);
                     if known == 0 && self.pg_holds(c, key, shared).await? {
-                        sqlx::query(sql::unlock(key, shared)).bind_key(key).execute(&mut **c).await.map_err(classify)?;
+                        sqlx::query(sql::unlock(key, shared))
+                            .bind_key(key)
+                            .execute(&mut **c)
+                            .await
+                            .map_err(classify)?;
                     }
                 }
                 Err(failure)

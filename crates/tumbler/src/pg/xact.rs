@@ -70,7 +70,12 @@ where
 ///
 /// # Errors
 /// As [`serialize`], and `timeout`.
-pub async fn serialize_timeout<T, E, F>(pool: &PgPool, key: impl Into<PgKey>, timeout: Duration, work: F) -> Result<T, E>
+pub async fn serialize_timeout<T, E, F>(
+    pool: &PgPool,
+    key: impl Into<PgKey>,
+    timeout: Duration,
+    work: F,
+) -> Result<T, E>
 where
     F: AsyncFnOnce(&mut Transaction<'static, Postgres>) -> Result<T, E>,
     E: From<Error>,
@@ -109,7 +114,11 @@ where
 async fn lock(tx: &mut Transaction<'static, Postgres>, key: PgKey, take: Take) -> Result<()> {
     if let Take::Timeout(d) = take {
         let ms = format!("{}ms", d.as_millis().max(1));
-        sqlx::query("SELECT set_config('lock_timeout', $1, true)").bind(ms).execute(&mut **tx).await.map_err(backend)?;
+        sqlx::query("SELECT set_config('lock_timeout', $1, true)")
+            .bind(ms)
+            .execute(&mut **tx)
+            .await
+            .map_err(backend)?;
     }
     let try_only = matches!(take, Take::Try);
     let query = sqlx::query_scalar::<_, bool>(sql::xact_lock(key, try_only));
