@@ -65,10 +65,14 @@ mod backend;
 pub mod conformance;
 mod mem;
 #[cfg(feature = "postgres")]
+mod pg;
+#[cfg(feature = "postgres")]
 pub mod postgres;
 
 pub use backend::Backend;
 pub use mem::MemBackend;
+#[cfg(feature = "postgres")]
+pub use pg::PgBackend;
 
 /// Stamps out one `#[test]` per conformance case for the backend that `$make` builds.
 ///

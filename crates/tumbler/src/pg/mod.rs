@@ -67,6 +67,24 @@ use crate::error::{Error, Result};
 use crate::locker::{Capabilities, LockGuard, Locker};
 use crate::options::AcquireOptions;
 
+/// What the PostgreSQL backend offers: PostgreSQL's FIFO queues, deadlock detection and
+/// stacking, and all-or-nothing multi-key locking; no TTLs, fencing tokens, semaphores,
+/// retry ids or lock-delay.
+pub fn capabilities() -> Capabilities {
+    Capabilities {
+        backend: "pg",
+        semaphores: false,
+        ttl: false,
+        fencing_tokens: false,
+        fifo: true,
+        deadlock_detection: true,
+        multi_key: true,
+        request_ids: false,
+        lock_delay: false,
+        virtual_time: false,
+    }
+}
+
 /// How a session waits for a lock it cannot take at once.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub enum WaitStrategy {
@@ -132,7 +150,8 @@ impl PgLocks {
     /// # Errors
     /// A backend error when no connection can be had.
     pub async fn owner(&self) -> Result<PgLocker> {
-        Ok(PgLocker { session: Session::open(self.pool.clone(), self.config.clone()).await? })
+        let session = Session::open(self.pool.clone(), self.config.clone()).await?;
+        Ok(PgLocker { life: Arc::new(Life { session: session.clone() }), session })
     }
 }
 
@@ -144,6 +163,20 @@ impl PgLocks {
 #[derive(Clone)]
 pub struct PgLocker {
     session: Arc<Session>,
+    life: Arc<Life>,
+}
+
+/// The session's life: dropped with the last [`PgLocker`] clone (guards do not keep it),
+/// and that ends the session — its locks are released even while guards still exist,
+/// which then report them lost.
+struct Life {
+    session: Arc<Session>,
+}
+
+impl Drop for Life {
+    fn drop(&mut self) {
+        self.session.end_in_background();
+    }
 }
 
 impl fmt::Debug for PgLocker {
@@ -162,7 +195,7 @@ impl PgLocker {
     /// when it can prove the session clean (otherwise closes it). Other clones of this
     /// locker can no longer be used.
     pub async fn close(self) {
-        self.session.close().await;
+        self.life.session.close().await;
     }
 
     fn check_options(options: &AcquireOptions) -> Result<bool> {
@@ -193,18 +226,7 @@ impl Locker for PgLocker {
     type Guard = PgGuard;
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            backend: "pg",
-            semaphores: false,
-            ttl: false,
-            fencing_tokens: false,
-            fifo: true,
-            deadlock_detection: true,
-            multi_key: true,
-            request_ids: false,
-            lock_delay: false,
-            virtual_time: false,
-        }
+        capabilities()
     }
 
     fn owner_id(&self) -> &str {

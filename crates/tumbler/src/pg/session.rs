@@ -60,6 +60,11 @@ pub(crate) struct Session {
     pub(crate) signals: Arc<OwnerSignals>,
     holds: parking_lot::Mutex<Holds>,
     lost: AtomicBool,
+    /// A blocking wait is running on the connection.
+    waiting: AtomicBool,
+    /// The running wait is being cancelled on purpose (goodbye, close): it then fails with
+    /// `session_expired`, as a wait cancelled by its owner's end does on every backend.
+    interrupting: AtomicBool,
     health: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -98,6 +103,8 @@ impl Session {
             signals: Arc::new(OwnerSignals::default()),
             holds: parking_lot::Mutex::new(Holds::default()),
             lost: AtomicBool::new(false),
+            waiting: AtomicBool::new(false),
+            interrupting: AtomicBool::new(false),
             health: parking_lot::Mutex::new(None),
         });
         if let Some(every) = session.config.health_check {
@@ -171,8 +178,19 @@ impl Session {
                 .map_err(|e| classify(e, self.pid))?;
         }
         let c = conn.conn.as_mut().expect("BUG: reconciling a closed session");
-        // sqlx reads and drops the abandoned statement's reply (or its cancellation) first.
-        sqlx::query("ROLLBACK").execute(&mut **c).await.map_err(|e| classify(e, self.pid))?;
+        // The abandoned statement's reply (or its cancellation error) is still to be read,
+        // and sqlx may hand that error to the next statement: roll back until a ROLLBACK
+        // itself succeeds, so the connection is surely out of any transaction.
+        let mut attempts = 0;
+        loop {
+            match sqlx::query("ROLLBACK").execute(&mut **c).await {
+                Ok(_) => break,
+                Err(e) => match classify(e, self.pid) {
+                    Failure::Statement(_) if attempts < 3 => attempts += 1,
+                    failure => return Err(failure),
+                },
+            }
+        }
         let known = self.holds.lock().map.get(&(abandoned.key, abandoned.shared)).map_or(0, |h| h.count);
         if known == 0 && self.pg_holds(c, abandoned.key, abandoned.shared).await? {
             sqlx::query(sql::unlock(abandoned.key, abandoned.shared))
@@ -266,6 +284,19 @@ impl Session {
         if self.try_once(flight.conn, key, shared).await? {
             return Ok(());
         }
+        let holds_other_mode = self.holds.lock().map.contains_key(&(key, !shared));
+        if wait == Wait::NoWait && holds_other_mode {
+            // PostgreSQL lets a request by a session that already holds the key go ahead of
+            // waiters that its hold blocks anyway — but only when the request waits: a
+            // try answers false. A wait bounded to a millisecond gets the same answer as
+            // our semantics, a grant unless another session's hold conflicts.
+            flight.armed = Some(Abandoned { key, shared, blocking: true });
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(1);
+            return match self.block(flight.conn, key, shared, Some(deadline)).await {
+                Err(Failure::Statement(Error::Timeout)) => Err(Failure::Statement(Error::Busy { holders: Vec::new() })),
+                other => other,
+            };
+        }
         let deadline = match wait {
             Wait::NoWait => return Err(Failure::Statement(Error::Busy { holders: Vec::new() })),
             Wait::Timeout(d) => Some(tokio::time::Instant::now() + d),
@@ -321,21 +352,26 @@ impl Session {
         };
         let classify = |e| classify(e, self.pid);
         sqlx::query("BEGIN").execute(&mut **c).await.map_err(classify)?;
+        self.waiting.store(true, Ordering::Release);
         let waited = async {
             sqlx::query("SELECT set_config('lock_timeout', $1, true)").bind(&timeout).execute(&mut **c).await?;
             let pid: i32 = sqlx::query_scalar(sql::lock(key, shared)).bind_key(key).fetch_one(&mut **c).await?;
             Ok::<_, sqlx::Error>(pid)
         }
         .await;
+        self.waiting.store(false, Ordering::Release);
         match waited {
             Ok(pid) => {
                 sqlx::query("COMMIT").execute(&mut **c).await.map_err(classify)?;
                 self.check_pid(pid)
             }
             Err(e) => {
-                let failure = classify(e);
+                let mut failure = classify(e);
                 if let Failure::ConnectionLost(_) = failure {
                     return Err(failure);
+                }
+                if self.interrupting.load(Ordering::Acquire) {
+                    failure = Failure::Statement(Error::SessionExpired);
                 }
                 sqlx::query("ROLLBACK").execute(&mut **c).await.map_err(classify)?;
                 if let Failure::Statement(Error::Timeout) = failure {
@@ -363,6 +399,10 @@ impl Session {
             HoldState { count: 0, generation: holds.next_generation }
         });
         state.count = state.count.checked_add(1).expect("lock count overflow");
+        if state.count > 1 {
+            // A re-entry: another guard already stands for this hold.
+            self.signals.add_sibling(Self::hold_id(state.generation));
+        }
         state.generation
     }
 
@@ -402,9 +442,31 @@ impl Session {
         (generation, 0)
     }
 
-    /// Releases every advisory lock of the session. Returns how many holds ended.
+    /// Takes the connection even from a wait in progress, which is cancelled (it fails
+    /// with `session_expired`).
+    async fn interrupt_and_lock(self: &Arc<Self>) -> Result<MutexGuard<'_, Conn>> {
+        self.interrupting.store(true, Ordering::Release);
+        let guard = loop {
+            if let Ok(guard) = self.conn.try_lock() {
+                break guard;
+            }
+            if self.waiting.load(Ordering::Acquire) {
+                let _ = sqlx::query("SELECT pg_cancel_backend($1)").bind(self.pid).execute(&self.pool).await;
+            }
+            match tokio::time::timeout(Duration::from_millis(50), self.conn.lock()).await {
+                Ok(guard) => break guard,
+                Err(_) => continue,
+            }
+        };
+        self.interrupting.store(false, Ordering::Release);
+        drop(guard);
+        self.lock_conn().await
+    }
+
+    /// Releases every advisory lock of the session and cancels its wait, if one is
+    /// running. Returns how many holds ended.
     pub(crate) async fn goodbye(self: &Arc<Self>) -> Result<usize> {
-        let mut guard = self.lock_conn().await?;
+        let mut guard = self.interrupt_and_lock().await?;
         let c = guard.conn.as_mut().expect("BUG: checked by lock_conn");
         if let Err(e) = sqlx::query("SELECT pg_advisory_unlock_all()").execute(&mut **c).await {
             let failure = classify(e, self.pid);
@@ -417,21 +479,48 @@ impl Session {
         Ok(ended.len())
     }
 
-    /// Ends the session: releases everything and gives the connection back to the pool
-    /// when it can prove the session clean, otherwise closes it.
+    /// Ends the session: cancels a running wait, releases everything (its guards are
+    /// told), and gives the connection back to the pool when it can prove the session
+    /// clean, otherwise closes it.
     pub(crate) async fn close(self: &Arc<Self>) {
         if let Some(handle) = self.health.lock().take() {
             handle.abort();
         }
-        let conn = {
-            let mut guard = match self.lock_conn().await {
-                Ok(guard) => guard,
-                Err(_) => return,
-            };
-            guard.conn.take()
+        let conn = match self.interrupt_and_lock().await {
+            Ok(mut guard) => guard.conn.take(),
+            Err(_) => None,
         };
+        self.end_holds();
         if let Some(conn) = conn {
             finish(conn).await;
+        }
+    }
+
+    /// Ends the session from a synchronous drop: in the background when a runtime is at
+    /// hand, otherwise by closing the connection at once.
+    pub(crate) fn end_in_background(self: &Arc<Self>) {
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let session = self.clone();
+                runtime.spawn(async move { session.close().await });
+            }
+            Err(_) => {
+                if let Ok(mut guard) = self.conn.try_lock() {
+                    if let Some(conn) = guard.conn.take() {
+                        drop(conn.detach());
+                    }
+                }
+                self.end_holds();
+            }
+        }
+    }
+
+    /// Marks the session closed and every hold as ended with its owner.
+    fn end_holds(&self) {
+        self.lost.store(true, Ordering::Release);
+        let ended: Vec<HoldState> = self.holds.lock().map.drain().map(|(_, h)| h).collect();
+        for hold in ended {
+            self.signals.mark(Self::hold_id(hold.generation), LostReason::OwnerEnded);
         }
     }
 
