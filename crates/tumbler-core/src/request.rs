@@ -55,16 +55,7 @@ pub struct Acquire<K> {
 impl<K> Acquire<K> {
     /// An exclusive try of one key by `owner`, with no TTL, session, or request id.
     pub fn new(key: K, owner: OwnerId) -> Self {
-        Acquire {
-            keys: SmallVec::from_buf([key]),
-            owner,
-            mode: Mode::Exclusive,
-            wait: Wait::NoWait,
-            ttl: None,
-            session: None,
-            request_id: None,
-            lock_delay: None,
-        }
+        Acquire { keys: SmallVec::from_buf([key]), ..Acquire::new_empty(owner) }
     }
 
     /// An exclusive try of several keys at once, all or nothing.

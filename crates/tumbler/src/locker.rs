@@ -35,6 +35,23 @@ pub struct Capabilities {
 }
 
 impl Capabilities {
+    /// Every capability off: a backend that can do only what every backend must (try,
+    /// wait, re-entry, exclusive and shared modes). Turn on what it offers.
+    pub fn none(backend: &'static str) -> Self {
+        Capabilities {
+            backend,
+            semaphores: false,
+            ttl: false,
+            fencing_tokens: false,
+            fifo: false,
+            deadlock_detection: false,
+            multi_key: false,
+            request_ids: false,
+            lock_delay: false,
+            virtual_time: false,
+        }
+    }
+
     /// Every capability on, for backends built on `tumbler-core`.
     pub fn full(backend: &'static str) -> Self {
         Capabilities {

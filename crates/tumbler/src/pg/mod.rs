@@ -71,18 +71,7 @@ use crate::options::AcquireOptions;
 /// stacking, and all-or-nothing multi-key locking; no TTLs, fencing tokens, semaphores,
 /// retry ids or lock-delay.
 pub fn capabilities() -> Capabilities {
-    Capabilities {
-        backend: "pg",
-        semaphores: false,
-        ttl: false,
-        fencing_tokens: false,
-        fifo: true,
-        deadlock_detection: true,
-        multi_key: true,
-        request_ids: false,
-        lock_delay: false,
-        virtual_time: false,
-    }
+    Capabilities { fifo: true, deadlock_detection: true, multi_key: true, ..Capabilities::none("pg") }
 }
 
 /// How a session waits for a lock it cannot take at once.
