@@ -979,9 +979,14 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
         if targets.is_empty() {
             return None;
         }
+        let first = self.blockers_of(shards, from);
+        // The common case, a plain wait behind holders that wait for nothing: no path.
+        if !first.iter().any(|b| targets.iter().any(|t| t.same(b)) || self.waits_by_owner.contains_key(b)) {
+            return None;
+        }
         let mut visited: Vec<OwnerId> = vec![from.clone()];
         // Depth-first, keeping the path: (owner, its blockers, next blocker to follow).
-        let mut stack: Vec<(OwnerId, Vec<OwnerId>, usize)> = vec![(from.clone(), self.blockers_of(shards, from), 0)];
+        let mut stack: Vec<(OwnerId, Vec<OwnerId>, usize)> = vec![(from.clone(), first, 0)];
         while let Some((_, blockers, next)) = stack.last_mut() {
             let Some(blocker) = blockers.get(*next).cloned() else {
                 stack.pop();
