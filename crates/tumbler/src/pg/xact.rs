@@ -46,7 +46,7 @@ enum Take {
 /// fails.
 pub async fn serialize<T, E, F>(pool: &PgPool, key: impl Into<PgKey>, work: F) -> Result<T, E>
 where
-    F: AsyncFnOnce(&mut Transaction<'static, Postgres>) -> Result<T, E>,
+    F: for<'c> AsyncFnOnce(&mut Transaction<'c, Postgres>) -> Result<T, E>,
     E: From<Error>,
 {
     run(pool, key.into(), Take::Wait, work).await
@@ -59,7 +59,7 @@ where
 /// As [`serialize`], and `busy`.
 pub async fn try_serialize<T, E, F>(pool: &PgPool, key: impl Into<PgKey>, work: F) -> Result<T, E>
 where
-    F: AsyncFnOnce(&mut Transaction<'static, Postgres>) -> Result<T, E>,
+    F: for<'c> AsyncFnOnce(&mut Transaction<'c, Postgres>) -> Result<T, E>,
     E: From<Error>,
 {
     run(pool, key.into(), Take::Try, work).await
@@ -77,7 +77,7 @@ pub async fn serialize_timeout<T, E, F>(
     work: F,
 ) -> Result<T, E>
 where
-    F: AsyncFnOnce(&mut Transaction<'static, Postgres>) -> Result<T, E>,
+    F: for<'c> AsyncFnOnce(&mut Transaction<'c, Postgres>) -> Result<T, E>,
     E: From<Error>,
 {
     run(pool, key.into(), Take::Timeout(timeout), work).await
@@ -85,7 +85,7 @@ where
 
 async fn run<T, E, F>(pool: &PgPool, key: PgKey, take: Take, work: F) -> Result<T, E>
 where
-    F: AsyncFnOnce(&mut Transaction<'static, Postgres>) -> Result<T, E>,
+    F: for<'c> AsyncFnOnce(&mut Transaction<'c, Postgres>) -> Result<T, E>,
     E: From<Error>,
 {
     let mut tx = pool.begin().await.map_err(backend)?;
