@@ -51,7 +51,7 @@ impl Backend for PgBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        tumbler::pg::capabilities()
+        self.locks.capabilities()
     }
 
     fn settle(&self) -> Duration {

@@ -17,6 +17,10 @@ fn pg_skips_only_what_postgresql_cannot_offer() {
             "{case} should run on PostgreSQL"
         );
     }
+    // The shared/exclusive and multi-key halves of cases that also test semaphores run.
+    for case in ["shared_exclusive_compatibility_matrix", "acquire_all_of_no_keys_is_rejected_and_changes_nothing"] {
+        assert!(!skipped.contains(&case), "{case} should run on PostgreSQL");
+    }
     let _ = PgBackend::new;
     let _: fn(&PgBackend) -> _ = <PgBackend as Backend>::capabilities;
 }

@@ -2,6 +2,9 @@
 //! running a future under one or several keys.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
+
+use futures::FutureExt;
 
 use crate::error::{Error, Result};
 use crate::locker::{LockGuard, Locker};
@@ -77,9 +80,18 @@ pub trait LockerExt: Locker {
 impl<L: Locker + ?Sized> LockerExt for L {}
 
 async fn finish_under<G: LockGuard, T>(guard: G, work: impl Future<Output = T>) -> Result<T> {
-    // The guard lives across `work`: if `work` panics or is cancelled, unwinding drops it,
-    // and its drop releases the lock.
-    let value = work.await;
+    // The guard lives across `work`: if `work` is cancelled, its drop releases the lock. A
+    // panic is caught to release the lock before the panic goes on: a drop releases only in
+    // the background on some backends (PostgreSQL, remote), so the lock could still be held
+    // when the panicking task is seen to have ended. `work` is never polled again after it
+    // panicked, so no broken state of it can be observed.
+    let value = match AssertUnwindSafe(work).catch_unwind().await {
+        Ok(value) => value,
+        Err(panic) => {
+            let _ = guard.release().await;
+            std::panic::resume_unwind(panic);
+        }
+    };
     if let Some(reason) = guard.lost_reason() {
         drop(guard);
         return Err(Error::Lost { reason });

@@ -2,8 +2,8 @@
 
 use tumbler::{AcquireOptions, Error, LockGuard, Locker, LostReason, Mode};
 
+use super::skipped;
 use super::support::{acquire, assert_busy, assert_free, assert_held, err, owner, release, within, Keys, SHORT_WAIT};
-use super::{part_skipped, skipped, Capability};
 use crate::backend::Backend;
 
 /// Nobody but the owner can end a hold. The `Locker` trait offers no release by key, so a
@@ -64,9 +64,9 @@ pub async fn release_by_non_owner_is_rejected_and_changes_nothing<B: Backend>(ba
     assert_free(&*d, &stale, "the stale key once a released").await;
 }
 
-/// Malformed requests fail with `invalid_argument` naming the field, and change nothing:
-/// a semaphore limit of zero, a semaphore limit different from the one in use, and (where
-/// multi-key is supported) an `acquire_all` of no keys.
+/// Malformed semaphore requests fail with `invalid_argument` naming `limit`, and change
+/// nothing: a limit of zero, and a limit different from the one in use (also when the
+/// request would wait: it is refused, not queued).
 pub async fn invalid_arguments_are_rejected_and_change_nothing<B: Backend>(backend: &B) {
     const CASE: &str = "invalid_arguments_are_rejected_and_change_nothing";
     if skipped(backend, CASE) {
@@ -99,16 +99,32 @@ pub async fn invalid_arguments_are_rejected_and_change_nothing<B: Backend>(backe
     assert_eq!(second.mode(), Mode::Semaphore { limit: 2 });
     release(second, "b's release").await;
     release(held, "a's release").await;
-
-    if !part_skipped(backend, CASE, "acquire_all of no keys", Capability::MultiKey) {
-        let e = err(
-            "acquire_all of no keys",
-            within("a's acquire_all", a.acquire_all(Vec::new(), AcquireOptions::exclusive())).await,
-        );
-        assert!(
-            matches!(e, Error::InvalidArgument { .. }),
-            "acquire_all of no keys: expected invalid_argument, got {e:?}"
-        );
-    }
     assert_free(&*b, &sem, "the semaphore key once released").await;
+}
+
+/// An `acquire_all` of no keys fails with `invalid_argument`, whether it may wait or not,
+/// and changes nothing: what its owner holds stays held, at every level.
+pub async fn acquire_all_of_no_keys_is_rejected_and_changes_nothing<B: Backend>(backend: &B) {
+    const CASE: &str = "acquire_all_of_no_keys_is_rejected_and_changes_nothing";
+    if skipped(backend, CASE) {
+        return;
+    }
+    let keys = Keys::new(backend, CASE);
+    let k = keys.key("k");
+    let (a, b) = (owner(backend).await, owner(backend).await);
+
+    let held = acquire(&*a, &k, AcquireOptions::exclusive(), "a's hold").await;
+    for (what, options) in [
+        ("a try of no keys", AcquireOptions::exclusive()),
+        ("a wait for no keys", AcquireOptions::exclusive().forever()),
+        ("a shared wait for no keys", AcquireOptions::shared().timeout(SHORT_WAIT)),
+    ] {
+        let e = err(what, within(what, a.acquire_all(Vec::new(), options)).await);
+        assert!(matches!(e, Error::InvalidArgument { .. }), "{what}: expected invalid_argument, got {e:?}");
+        assert_eq!(e.code(), "invalid_argument");
+    }
+    assert_held(&held, "a's hold after its empty acquire_all").await;
+    assert_busy(&*b, &k, AcquireOptions::shared(), "b's try while a holds").await;
+    release(held, "a's release").await;
+    assert_free(&*b, &k, "the key once a released").await;
 }

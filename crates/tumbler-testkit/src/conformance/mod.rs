@@ -36,7 +36,8 @@ pub use deadlock::{
 };
 pub use delay::{lock_delay_after_owner_death, lock_delay_does_not_follow_an_explicit_release};
 pub use errors::{
-    invalid_arguments_are_rejected_and_change_nothing, release_by_non_owner_is_rejected_and_changes_nothing,
+    acquire_all_of_no_keys_is_rejected_and_changes_nothing, invalid_arguments_are_rejected_and_change_nothing,
+    release_by_non_owner_is_rejected_and_changes_nothing,
 };
 pub use fairness::{
     dropped_waiter_passes_its_turn_to_the_next, queued_writer_is_not_starved_by_later_readers,
@@ -44,8 +45,8 @@ pub use fairness::{
 };
 pub use fencing::fencing_tokens_increase;
 pub use modes::{
-    exclusive_holder_asking_shared_is_granted_at_once, shared_exclusive_semaphore_compatibility_matrix,
-    shared_holder_upgrades_when_alone_and_waits_for_other_readers,
+    exclusive_holder_asking_shared_is_granted_at_once, shared_exclusive_compatibility_matrix,
+    shared_exclusive_semaphore_compatibility_matrix, shared_holder_upgrades_when_alone_and_waits_for_other_readers,
 };
 pub use multi_key::{multi_key_is_all_or_nothing, overlapping_multi_key_waiters_never_deadlock};
 pub use owners::{
@@ -134,6 +135,7 @@ pub const CASES: &[Case] = &[
     case("panic_inside_under_releases", &[]),
     case("lost_signal_is_not_fired_while_held", &[]),
     case("reentry_counts_levels", &[]),
+    case("shared_exclusive_compatibility_matrix", &[]),
     case("shared_exclusive_semaphore_compatibility_matrix", &[Semaphores]),
     case("exclusive_holder_asking_shared_is_granted_at_once", &[]),
     case("shared_holder_upgrades_when_alone_and_waits_for_other_readers", &[]),
@@ -154,6 +156,7 @@ pub const CASES: &[Case] = &[
     case("every_guard_of_a_reentered_hold_sees_its_loss", &[]),
     case("release_by_non_owner_is_rejected_and_changes_nothing", &[]),
     case("invalid_arguments_are_rejected_and_change_nothing", &[Semaphores]),
+    case("acquire_all_of_no_keys_is_rejected_and_changes_nothing", &[MultiKey]),
     case("request_id_retry_does_not_count_twice", &[RequestIds]),
     case("request_id_retry_joins_the_original_wait", &[RequestIds]),
     case("lock_delay_after_owner_death", &[LockDelay]),

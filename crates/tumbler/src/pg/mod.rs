@@ -15,7 +15,7 @@
 //!
 //! * A connection that holds locks is never silently reconnected: if it dies, every guard
 //!   of the session reports [`LostReason::ConnectionLost`](crate::LostReason) through
-//!   [`LockGuard::lost`](crate::LockGuard::lost), found by any failed statement or by a
+//!   [`LockGuard::lost`], found by any failed statement or by a
 //!   health check every [`PgConfig::health_check`].
 //! * Waiting is [`WaitStrategy::Block`] (in PostgreSQL, bounded by `lock_timeout` set for
 //!   that statement's transaction only; a dropped waiting future cancels the wait with
@@ -40,7 +40,7 @@
 //! # What PostgreSQL does not offer
 //!
 //! No TTLs, no fencing tokens (guards report 0), no semaphores, no retry ids, no
-//! lock-delay: [`Capabilities`](crate::Capabilities) says so, and asking for them is
+//! lock-delay: [`Capabilities`] says so, and asking for them is
 //! [`Error::NotSupported`](crate::Error).
 
 mod failure;
@@ -67,11 +67,19 @@ use crate::error::{Error, Result};
 use crate::locker::{Capabilities, LockGuard, Locker};
 use crate::options::AcquireOptions;
 
-/// What the PostgreSQL backend offers: PostgreSQL's FIFO queues, deadlock detection and
-/// stacking, and all-or-nothing multi-key locking; no TTLs, fencing tokens, semaphores,
-/// retry ids or lock-delay.
+/// What the PostgreSQL backend offers with the default [`WaitStrategy::Block`]:
+/// PostgreSQL's FIFO queues, deadlock detection and stacking, and all-or-nothing
+/// multi-key locking; no TTLs, fencing tokens, semaphores, retry ids or lock-delay.
 pub fn capabilities() -> Capabilities {
-    Capabilities { fifo: true, deadlock_detection: true, multi_key: true, ..Capabilities::none("pg") }
+    capabilities_with(WaitStrategy::Block)
+}
+
+/// What the PostgreSQL backend offers when it waits as `wait` says. With
+/// [`WaitStrategy::Poll`] no request ever waits inside PostgreSQL, so neither its queue
+/// order (FIFO) nor its deadlock detection applies.
+pub fn capabilities_with(wait: WaitStrategy) -> Capabilities {
+    let blocks = wait == WaitStrategy::Block;
+    Capabilities { fifo: blocks, deadlock_detection: blocks, multi_key: true, ..Capabilities::none("pg") }
 }
 
 /// How a session waits for a lock it cannot take at once.
@@ -82,7 +90,9 @@ pub enum WaitStrategy {
     #[default]
     Block,
     /// Retry `pg_try_advisory_lock` every `interval` (PormG's `:poll`): no statement stays
-    /// open while waiting, at the cost of latency and fairness.
+    /// open while waiting, at the cost of latency and fairness — waiters are not granted
+    /// in arrival order, and sessions polling for each other's keys are no deadlock to
+    /// PostgreSQL: they wait until their timeouts (see [`capabilities_with`]).
     Poll {
         /// Time between attempts.
         interval: Duration,
@@ -132,6 +142,11 @@ impl PgLocks {
     /// The pool.
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// What these locks offer, given their waiting strategy ([`capabilities_with`]).
+    pub fn capabilities(&self) -> Capabilities {
+        capabilities_with(self.config.wait)
     }
 
     /// A new owner: takes a dedicated connection from the pool for its session.
@@ -215,7 +230,7 @@ impl Locker for PgLocker {
     type Guard = PgGuard;
 
     fn capabilities(&self) -> Capabilities {
-        capabilities()
+        capabilities_with(self.session.config().wait)
     }
 
     fn owner_id(&self) -> &str {

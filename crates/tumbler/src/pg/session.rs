@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use sqlx::pool::PoolConnection;
 use sqlx::{PgPool, Postgres};
-use tokio::sync::{Mutex, MutexGuard};
+use tokio::sync::{Mutex, MutexGuard, Notify};
 use tumbler_core::{Holder, LostReason, Mode, OwnerId, Wait};
 
 use super::failure::{backend, classify, owner_of_pid, Failure};
@@ -65,6 +65,9 @@ pub(crate) struct Session {
     /// The running wait is being cancelled on purpose (goodbye, close): it then fails with
     /// `session_expired`, as a wait cancelled by its owner's end does on every backend.
     interrupting: AtomicBool,
+    /// Wakes a polling wait (which holds the connection between its attempts) so that it
+    /// sees `interrupting` without sleeping out its interval.
+    interrupt: Notify,
     health: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -105,6 +108,7 @@ impl Session {
             lost: AtomicBool::new(false),
             waiting: AtomicBool::new(false),
             interrupting: AtomicBool::new(false),
+            interrupt: Notify::new(),
             health: parking_lot::Mutex::new(None),
         });
         if let Some(every) = session.config.health_check {
@@ -120,6 +124,10 @@ impl Session {
 
     pub(crate) fn pid(&self) -> i32 {
         self.pid
+    }
+
+    pub(crate) fn config(&self) -> &PgConfig {
+        &self.config
     }
 
     fn lost_error(&self) -> Error {
@@ -308,12 +316,21 @@ impl Session {
                 self.block(flight.conn, key, shared, deadline).await
             }
             WaitStrategy::Poll { interval } => loop {
+                // A polling wait holds the connection between its attempts: it must give
+                // way to goodbye and close itself, as a blocking wait is cancelled for them.
+                let interrupted = self.interrupt.notified();
+                if self.interrupting.load(Ordering::Acquire) {
+                    return Err(Failure::Statement(Error::SessionExpired));
+                }
                 let now = tokio::time::Instant::now();
                 if deadline.is_some_and(|d| now >= d) {
                     return Err(Failure::Statement(Error::Timeout));
                 }
                 let nap = deadline.map_or(interval, |d| interval.min(d - now));
-                tokio::time::sleep(nap).await;
+                tokio::select! {
+                    () = tokio::time::sleep(nap) => {}
+                    () = interrupted => continue,
+                }
                 if self.try_once(flight.conn, key, shared).await? {
                     return Ok(());
                 }
@@ -453,6 +470,7 @@ impl Session {
             if self.waiting.load(Ordering::Acquire) {
                 let _ = sqlx::query("SELECT pg_cancel_backend($1)").bind(self.pid).execute(&self.pool).await;
             }
+            self.interrupt.notify_waiters();
             match tokio::time::timeout(Duration::from_millis(50), self.conn.lock()).await {
                 Ok(guard) => break guard,
                 Err(_) => continue,
