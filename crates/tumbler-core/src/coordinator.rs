@@ -968,6 +968,11 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
     /// requests, keep one of its queued requests from being granted. The cycle starts with
     /// `start`; each owner waits for the next and the last for `start`.
     fn find_cycle(&self, shards: &mut dyn Shards<K>, start: &OwnerId) -> Option<Vec<OwnerId>> {
+        // Every owner of a cycle waits for the next one, so a cycle needs two owners with
+        // queued requests (an owner's own holds never block it).
+        if self.waits_by_owner.len() < 2 {
+            return None;
+        }
         let mut path = self.path_to_any(shards, start, std::slice::from_ref(start))?;
         path.pop();
         Some(path)

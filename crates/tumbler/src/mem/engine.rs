@@ -318,8 +318,7 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
         op: impl FnOnce(&mut Central<K>, &mut dyn Shards<K>, &mut Effects<K>) -> R,
     ) -> (R, Wakes<K>) {
         let mut central = self.inner.central.lock();
-        let mut shards =
-            LockedShards { shards: &self.inner.shards, guards: (0..self.inner.shards.len()).map(|_| None).collect() };
+        let mut shards = LockedShards { shards: &self.inner.shards, guards: SmallVec::new() };
         let answer = op(&mut central, &mut shards, fx);
         let wakes = fx
             .wakes
@@ -443,7 +442,8 @@ fn deliver<K: Clone>(mut txs: WakeSenders<K>, outcome: CoreResult<Grant<K>>) -> 
 /// thus locks that key's shard only.
 struct LockedShards<'a, K> {
     shards: &'a [Padded<Mutex<Shard<K>>>],
-    guards: SmallVec<[Option<MutexGuard<'a, Shard<K>>>; 32]>,
+    /// The shards locked so far, with their indexes: most operations touch one or two.
+    guards: SmallVec<[(usize, MutexGuard<'a, Shard<K>>); 4]>,
 }
 
 impl<K> Shards<K> for LockedShards<'_, K> {
@@ -452,7 +452,14 @@ impl<K> Shards<K> for LockedShards<'_, K> {
     }
 
     fn get(&mut self, index: usize) -> &mut Shard<K> {
-        self.guards[index].get_or_insert_with(|| self.shards[index].0.lock())
+        let at = match self.guards.iter().position(|(i, _)| *i == index) {
+            Some(at) => at,
+            None => {
+                self.guards.push((index, self.shards[index].0.lock()));
+                self.guards.len() - 1
+            }
+        };
+        &mut self.guards[at].1
     }
 }
 
