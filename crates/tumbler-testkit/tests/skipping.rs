@@ -28,17 +28,7 @@ impl Backend for Bare {
     }
 
     fn capabilities(&self) -> Capabilities {
-        let mut caps = Capabilities::full("bare-mem");
-        caps.semaphores = false;
-        caps.ttl = false;
-        caps.fencing_tokens = false;
-        caps.fifo = false;
-        caps.deadlock_detection = false;
-        caps.multi_key = false;
-        caps.request_ids = false;
-        caps.lock_delay = false;
-        caps.virtual_time = false;
-        caps
+        Capabilities::none("bare-mem")
     }
 }
 

@@ -255,16 +255,7 @@ mod tests {
     use super::*;
 
     fn none(backend: &'static str) -> Capabilities {
-        let mut caps = Capabilities::full(backend);
-        caps.semaphores = false;
-        caps.ttl = false;
-        caps.fencing_tokens = false;
-        caps.fifo = false;
-        caps.deadlock_detection = false;
-        caps.multi_key = false;
-        caps.request_ids = false;
-        caps.lock_delay = false;
-        caps
+        Capabilities::none(backend)
     }
 
     #[test]
