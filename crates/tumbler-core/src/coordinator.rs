@@ -1035,10 +1035,7 @@ fn admissible_entries(ks: &KeyState, now: Instant) -> SmallVec<[RequestId; 4]> {
     for hold in &ks.holds {
         held.add(&hold.owner, hold.mode);
     }
-    let mut seen = Occupancy::default();
-    for hold in &ks.holds {
-        seen.add(&hold.owner, hold.mode);
-    }
+    let mut seen = held.clone();
     let delayed = ks.delayed(now);
     let mut out = SmallVec::new();
     for entry in &ks.queue {

@@ -182,7 +182,7 @@ impl KeyState {
 
 /// The parties (other than the asking owner) seen on a key so far, summarised so that a
 /// queue scan checks each entry in constant time instead of against every earlier one.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub(crate) struct Occupancy<'a> {
     exclusive: Parties<'a>,
     shared: Parties<'a>,
@@ -191,7 +191,7 @@ pub(crate) struct Occupancy<'a> {
     semaphore_overflow: bool,
 }
 
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Parties<'a> {
     first: Option<&'a OwnerId>,
     several: bool,

@@ -201,8 +201,7 @@ impl Session {
         }
         let known = self.holds.lock().map.get(&(abandoned.key, abandoned.shared)).map_or(0, |h| h.count);
         if known == 0 && self.pg_holds(c, abandoned.key, abandoned.shared).await? {
-            sqlx::query(sql::unlock(abandoned.key, abandoned.shared))
-                .bind_key(abandoned.key)
+            sqlx::query_with(sql::unlock(abandoned.key, abandoned.shared), sql::key_args(abandoned.key))
                 .execute(&mut **c)
                 .await
                 .map_err(|e| classify(e, self.pid))?;
@@ -340,8 +339,7 @@ impl Session {
 
     async fn try_once(&self, conn: &mut Conn, key: PgKey, shared: bool) -> Result<bool, Failure> {
         let c = conn.conn.as_mut().expect("BUG: checked by lock_conn");
-        let (got, pid): (bool, i32) = sqlx::query_as(sql::try_lock(key, shared))
-            .bind_key(key)
+        let (got, pid): (bool, i32) = sqlx::query_as_with(sql::try_lock(key, shared), sql::key_args(key))
             .fetch_one(&mut **c)
             .await
             .map_err(|e| classify(e, self.pid))?;
@@ -372,7 +370,8 @@ impl Session {
         self.waiting.store(true, Ordering::Release);
         let waited = async {
             sqlx::query("SELECT set_config('lock_timeout', $1, true)").bind(&timeout).execute(&mut **c).await?;
-            let pid: i32 = sqlx::query_scalar(sql::lock(key, shared)).bind_key(key).fetch_one(&mut **c).await?;
+            let pid: i32 =
+                sqlx::query_scalar_with(sql::lock(key, shared), sql::key_args(key)).fetch_one(&mut **c).await?;
             Ok::<_, sqlx::Error>(pid)
         }
         .await;
@@ -396,8 +395,7 @@ impl Session {
                     // granted to a request that reports failure would be held by nobody.
                     let known = self.holds.lock().map.get(&(key, shared)).map_or(0, |h| h.count);
                     if known == 0 && self.pg_holds(c, key, shared).await? {
-                        sqlx::query(sql::unlock(key, shared))
-                            .bind_key(key)
+                        sqlx::query_with(sql::unlock(key, shared), sql::key_args(key))
                             .execute(&mut **c)
                             .await
                             .map_err(classify)?;
@@ -430,7 +428,9 @@ impl Session {
         }
         let mut guard = self.lock_conn().await?;
         let c = guard.conn.as_mut().expect("BUG: checked by lock_conn");
-        let released = sqlx::query_scalar::<_, bool>(sql::unlock(key, shared)).bind_key(key).fetch_one(&mut **c).await;
+        let released = sqlx::query_scalar_with::<_, bool, _>(sql::unlock(key, shared), sql::key_args(key))
+            .fetch_one(&mut **c)
+            .await;
         match released {
             Ok(true) => {
                 let mut holds = self.holds.lock();
@@ -542,27 +542,15 @@ impl Session {
         }
     }
 
-    /// Ends the session without a runtime to await on: the connection is closed, which
-    /// makes PostgreSQL release every lock of the session.
+    /// The last resort when the session itself is dropped: by then the owner's end has
+    /// already taken the connection (see [`Session::end_in_background`]); if it has not,
+    /// closing the socket makes PostgreSQL release every lock of the session.
     fn close_now(&mut self) {
         if let Some(handle) = self.health.lock().take() {
             handle.abort();
         }
-        let conn = self.conn.get_mut().conn.take();
-        if let Some(conn) = conn {
-            match tokio::runtime::Handle::try_current() {
-                Ok(runtime) => {
-                    let abandoned = self.conn.get_mut().abandoned.is_some();
-                    runtime.spawn(async move {
-                        if abandoned {
-                            let _ = conn.close().await;
-                        } else {
-                            finish(conn).await;
-                        }
-                    });
-                }
-                Err(_) => drop(conn.detach()),
-            }
+        if let Some(conn) = self.conn.get_mut().conn.take() {
+            drop(conn.detach());
         }
     }
 }
@@ -631,38 +619,6 @@ async fn watch_health(session: Weak<Session>, every: Duration) {
         if !alive {
             session.mark_lost();
             return;
-        }
-    }
-}
-
-/// Binding a key's one or two numbers to a statement.
-trait BindKey<'q> {
-    fn bind_key(self, key: PgKey) -> Self;
-}
-
-impl<'q> BindKey<'q> for sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
-    fn bind_key(self, key: PgKey) -> Self {
-        match key {
-            PgKey::Id(id) => self.bind(id),
-            PgKey::Pair(a, b) => self.bind(a).bind(b),
-        }
-    }
-}
-
-impl<'q, O> BindKey<'q> for sqlx::query::QueryAs<'q, Postgres, O, sqlx::postgres::PgArguments> {
-    fn bind_key(self, key: PgKey) -> Self {
-        match key {
-            PgKey::Id(id) => self.bind(id),
-            PgKey::Pair(a, b) => self.bind(a).bind(b),
-        }
-    }
-}
-
-impl<'q, O> BindKey<'q> for sqlx::query::QueryScalar<'q, Postgres, O, sqlx::postgres::PgArguments> {
-    fn bind_key(self, key: PgKey) -> Self {
-        match key {
-            PgKey::Id(id) => self.bind(id),
-            PgKey::Pair(a, b) => self.bind(a).bind(b),
         }
     }
 }

@@ -1,6 +1,9 @@
 //! The statements of the session-lock protocol, one per key form and mode, as constants
 //! so that sqlx prepares each once per connection.
 
+use sqlx::postgres::PgArguments;
+use sqlx::Arguments;
+
 use super::key::PgKey;
 
 /// `pg_try_advisory_lock*` and the backend pid it ran on.
@@ -41,4 +44,16 @@ pub(crate) fn xact_lock(key: PgKey, try_only: bool) -> &'static str {
         (PgKey::Pair(..), false) => "SELECT true FROM pg_advisory_xact_lock($1, $2)",
         (PgKey::Pair(..), true) => "SELECT pg_try_advisory_xact_lock($1, $2)",
     }
+}
+
+/// The arguments of a key: one `bigint`, or two `int`s, in the order of the statements
+/// above.
+pub(crate) fn key_args(key: PgKey) -> PgArguments {
+    let mut args = PgArguments::default();
+    let added = match key {
+        PgKey::Id(id) => args.add(id),
+        PgKey::Pair(a, b) => args.add(a).and_then(|()| args.add(b)),
+    };
+    added.expect("BUG: integers always encode");
+    args
 }

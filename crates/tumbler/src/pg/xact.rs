@@ -121,11 +121,7 @@ async fn lock(tx: &mut Transaction<'static, Postgres>, key: PgKey, take: Take) -
             .map_err(backend)?;
     }
     let try_only = matches!(take, Take::Try);
-    let query = sqlx::query_scalar::<_, bool>(sql::xact_lock(key, try_only));
-    let query = match key {
-        PgKey::Id(id) => query.bind(id),
-        PgKey::Pair(a, b) => query.bind(a).bind(b),
-    };
+    let query = sqlx::query_scalar_with::<_, bool, _>(sql::xact_lock(key, try_only), sql::key_args(key));
     match query.fetch_one(&mut **tx).await {
         Ok(true) => Ok(()),
         Ok(false) => Err(Error::Busy { holders: Vec::new() }),
