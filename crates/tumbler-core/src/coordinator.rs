@@ -431,23 +431,35 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
             while let Some(ks) = self.key_state(shards, &key) {
                 let candidates = admissible_entries(ks, now);
                 let mut granted_any = false;
-                for request in candidates {
-                    let Some(pending) = self.pending.get(&request) else { continue };
-                    // Judged afresh: grants earlier in this pass may have changed any key.
-                    let ready = pending.keys.iter().all(|k| {
-                        self.key_state(shards, k).is_some_and(|ks| {
-                            let pos = ks.queue.iter().position(|e| e.request == request);
-                            pos.is_some_and(|pos| ks.admits(&pending.owner, pending.mode, pos, now))
-                        })
-                    });
+                // Whether the queue may hold a grantable request that this pass did not
+                // consider: only when a candidate was passed over or failed.
+                let mut look_again = false;
+                for (i, request) in candidates.iter().copied().enumerate() {
+                    let Some(pending) = self.pending.get(&request) else {
+                        look_again = true;
+                        continue;
+                    };
+                    // The first candidate of a single key was judged on this key as it still
+                    // is; any other is judged afresh: grants earlier in this pass may have
+                    // changed any key.
+                    let ready = (i == 0 && pending.keys.len() == 1)
+                        || pending.keys.iter().all(|k| {
+                            self.key_state(shards, k).is_some_and(|ks| {
+                                let pos = ks.queue.iter().position(|e| e.request == request);
+                                pos.is_some_and(|pos| ks.admits(&pending.owner, pending.mode, pos, now))
+                            })
+                        });
                     if ready {
                         let others: SmallVec<[K; 4]> = pending.keys.iter().filter(|k| *k != &key).cloned().collect();
-                        self.grant_pending(shards, request, now, fx);
+                        let granted = self.grant_pending(shards, request, now, fx);
                         work.extend(others);
                         granted_any = true;
+                        look_again |= !granted;
+                    } else {
+                        look_again = true;
                     }
                 }
-                if !granted_any {
+                if !granted_any || !look_again {
                     break;
                 }
             }
@@ -467,7 +479,15 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
         }
     }
 
-    fn grant_pending(&mut self, shards: &mut dyn Shards<K>, request: RequestId, now: Instant, fx: &mut Effects<K>) {
+    /// Grants a queued request, or fails it when granting it now would break a rule.
+    /// Returns whether it was granted.
+    fn grant_pending(
+        &mut self,
+        shards: &mut dyn Shards<K>,
+        request: RequestId,
+        now: Instant,
+        fx: &mut Effects<K>,
+    ) -> bool {
         let pending = self.unqueue(shards, request, now).expect("BUG: granting a request that is not queued");
         // The owner may have come to hold a key in this mode under another session while
         // the request waited; as for an immediate grant, its level may not join that hold
@@ -485,7 +505,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
             }
             let error = Error::invalid("session", "the owner holds this key under another session");
             fx.wakes.push(Wake { request, owner: pending.owner, outcome: Err(error) });
-            return;
+            return false;
         }
         // A holder's conversion is granted past the requests queued before it, which then
         // wait for it: if that closes a cycle, this request closed it.
@@ -496,10 +516,11 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
                 }
             }
             fx.wakes.push(Wake { request, owner: pending.owner, outcome: Err(Error::Deadlock { cycle }) });
-            return;
+            return false;
         }
         let grant = self.grant_keys(shards, &pending.keys, &pending.spec(), now, fx);
         fx.wakes.push(Wake { request, owner: pending.owner, outcome: Ok(grant) });
+        true
     }
 
     /// Withdraws a queued request (its waiter gave up or went away). Requests behind it are

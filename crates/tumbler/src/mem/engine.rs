@@ -30,6 +30,9 @@ use tumbler_core::{
 use crate::lost::{HoldId, OwnerSignals};
 
 type CoreResult<T> = tumbler_core::Result<T>;
+/// The engine's maps are looked up on every hand-off: foldhash, as in the core's tables,
+/// instead of std's slower SipHash.
+type Map<K, V> = HashMap<K, V, foldhash::quality::RandomState>;
 type WakeSender<K> = oneshot::Sender<CoreResult<Grant<K>>>;
 /// The waiters of one queued request: the one that queued it, and any retry (same
 /// request id) that joined its wait.
@@ -46,7 +49,7 @@ struct Central<K> {
     coordinator: Coordinator<K>,
     /// Whom to wake for each queued request. Inserted under the same lock that queues the
     /// request, so a grant can never arrive before its waiter is known.
-    waiters: HashMap<RequestId, WakeSenders<K>>,
+    waiters: Map<RequestId, WakeSenders<K>>,
 }
 
 struct Timer {
@@ -68,7 +71,7 @@ struct Inner<K> {
     central: Mutex<Central<K>>,
     epoch: tokio::time::Instant,
     timer: Arc<Timer>,
-    owners: Mutex<HashMap<OwnerId, Weak<OwnerSignals>>>,
+    owners: Mutex<Map<OwnerId, Weak<OwnerSignals>>>,
     events: Option<EventSink<K>>,
 }
 
@@ -114,14 +117,14 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
             inner: Arc::new(Inner {
                 layout: coordinator.layout().clone(),
                 shards,
-                central: Mutex::new(Central { coordinator, waiters: HashMap::new() }),
+                central: Mutex::new(Central { coordinator, waiters: Map::default() }),
                 epoch: tokio::time::Instant::now(),
                 timer: Arc::new(Timer {
                     notify: Notify::new(),
                     armed: AtomicU64::new(u64::MAX),
                     running: AtomicBool::new(false),
                 }),
-                owners: Mutex::new(HashMap::new()),
+                owners: Mutex::new(Map::default()),
                 events,
             }),
         }
