@@ -24,8 +24,8 @@ use crate::owner::OwnerId;
 use crate::request::{Acquire, Acquired, Grant, Granted, RequestId, Wait};
 use crate::session::{SessionId, SessionInfo};
 use crate::shard::{
-    check_compatible_request, retried_granted, validate_request, Entry, GrantSpec, Hold, KeyState, Occupancy, Shard,
-    Shards, Timer,
+    check_compatible_request, retried_granted, validate_request, Entry, GrantSpec, Hold, KeyState, Occupancy,
+    RestoredHold, Shard, Shards, Timer,
 };
 use crate::time::Instant;
 
@@ -933,6 +933,74 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
             waiters: ks.queue.len(),
             delayed_until: ks.delay.map(|(at, _)| at),
         })
+    }
+
+    /// Puts back a hold recorded before a restart (see [`RestoredHold`]), on a table
+    /// whose sessions were restored first. Fencing tokens handed out later on its shard
+    /// are greater than the hold's.
+    ///
+    /// # Errors
+    /// `session_expired` when its session is not open; `invalid_argument` when it clashes
+    /// with a hold already restored (the owner's own in that mode, or an incompatible one).
+    pub fn restore_hold(
+        &mut self,
+        shards: &mut dyn Shards<K>,
+        key: &K,
+        hold: &RestoredHold,
+        fx: &mut Effects<K>,
+    ) -> Result<()> {
+        hold.mode.validate()?;
+        if let Some(session) = hold.session {
+            if !self.sessions.contains_key(&session) {
+                return Err(Error::SessionExpired);
+            }
+        }
+        let created = !self.shard(shards, key).keys.contains_key(key);
+        if !self.shard_mut(shards, key).restore(key, hold, fx) {
+            return Err(Error::invalid("holds", "a restored hold clashes with another restored hold"));
+        }
+        if created {
+            self.count_key(key, 1);
+        }
+        if let Some(session) = hold.session.and_then(|s| self.sessions.get_mut(&s)) {
+            session.holds += 1;
+        }
+        Ok(())
+    }
+
+    /// The keys that have at least one hold and satisfy `filter`, in no particular order.
+    /// It visits every shard: meant for listings, not for hot paths.
+    pub fn held_keys(&self, shards: &mut dyn Shards<K>, mut filter: impl FnMut(&K) -> bool) -> Vec<K> {
+        let mut out = Vec::new();
+        for i in 0..shards.count() {
+            out.extend(
+                shards.get(i).keys.iter().filter(|(k, ks)| !ks.holds.is_empty() && filter(k)).map(|(k, _)| k.clone()),
+            );
+        }
+        out
+    }
+
+    /// How many holds (one per key, owner and mode) the table has. Visits every shard.
+    pub fn holds(&self, shards: &mut dyn Shards<K>) -> usize {
+        (0..shards.count()).map(|i| shards.get(i).keys.values().map(|ks| ks.holds.len()).sum::<usize>()).sum()
+    }
+
+    /// How many sessions are open.
+    pub fn sessions_open(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// The highest fencing token handed out by any shard.
+    pub fn fencing_high_water(&self, shards: &mut dyn Shards<K>) -> u64 {
+        (0..shards.count()).map(|i| shards.get(i).fencing_high_water()).max().unwrap_or(0)
+    }
+
+    /// Makes every later fencing token of every shard greater than `floor` (after a
+    /// restart, with the high-water mark a store recorded).
+    pub fn raise_fencing_floor(&mut self, shards: &mut dyn Shards<K>, floor: u64) {
+        for i in 0..shards.count() {
+            shards.get(i).raise_fencing_floor(floor);
+        }
     }
 
     /// How many requests are queued in all.

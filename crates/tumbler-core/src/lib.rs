@@ -63,6 +63,6 @@ pub use mode::Mode;
 pub use owner::{OwnerId, MAX_OWNER_CHARS};
 pub use request::{Acquire, Acquired, Grant, Granted, RequestId, Wait};
 pub use session::{SessionId, SessionInfo};
-pub use shard::{Escalate, Shard, Shards, REMEMBERED_REQUEST_IDS};
+pub use shard::{Escalate, RestoredHold, Shard, Shards, REMEMBERED_REQUEST_IDS};
 pub use table::LockTable;
 pub use time::Instant;

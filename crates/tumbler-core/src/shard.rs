@@ -250,6 +250,25 @@ impl<'a> Occupancy<'a> {
     }
 }
 
+/// A hold as a store recorded it, to be put back with [`crate::Coordinator::restore_hold`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RestoredHold {
+    /// Its owner.
+    pub owner: OwnerId,
+    /// Its mode.
+    pub mode: Mode,
+    /// Its re-entry count (at least 1).
+    pub count: u32,
+    /// Its fencing token.
+    pub fencing_token: u64,
+    /// The session it belongs to (which must be restored first).
+    pub session: Option<SessionId>,
+    /// When it expires, on the table's clock.
+    pub expires_at: Option<Instant>,
+    /// The lock-delay to start if it ends without a release.
+    pub lock_delay: Option<Duration>,
+}
+
 /// A hold as listed in the per-session index: key, owner, mode.
 pub(crate) type SessionHold<K> = (K, OwnerId, Mode);
 
@@ -492,6 +511,42 @@ impl<K: Hash + Eq + Clone> Shard<K> {
         }
         self.event(EventKind::Acquired, key, spec.owner, spec.mode, 1, token, fx);
         Granted { key: key.clone(), count: 1, fencing_token: token, expires_at }
+    }
+
+    /// Puts back a hold exactly as it was recorded (after a restart): its owner, mode,
+    /// count, token, session and expiry. Later tokens of this shard are greater than its
+    /// token. Returns whether the hold was placed: `false` when the owner already holds
+    /// the key in that mode, or another owner's hold is incompatible with it.
+    pub(crate) fn restore(&mut self, key: &K, hold: &RestoredHold, fx: &mut Effects<K>) -> bool {
+        if let Some(ks) = self.keys.get(key) {
+            let mut seen = Occupancy::default();
+            for h in &ks.holds {
+                seen.add(&h.owner, h.mode);
+            }
+            if ks.hold_index(&hold.owner, hold.mode).is_some() || !seen.admits(&hold.owner, hold.mode) {
+                return false;
+            }
+        }
+        self.last_token = self.last_token.max(hold.fencing_token);
+        let timer = hold.expires_at.map(|at| {
+            let timer = Timer::Expiry { key: key.clone(), owner: hold.owner.clone(), mode: hold.mode };
+            (at, self.add_timer(at, timer, fx))
+        });
+        self.keys.entry(key.clone()).or_default().holds.push(Hold {
+            owner: hold.owner.clone(),
+            mode: hold.mode,
+            count: hold.count.max(1),
+            token: hold.fencing_token,
+            session: hold.session,
+            expiry: timer,
+            request_ids: Vec::new(),
+            lock_delay: hold.lock_delay,
+        });
+        self.owners.entry(hold.owner.clone()).or_default().push((key.clone(), hold.mode));
+        if let Some(session) = hold.session {
+            self.sessions.entry(session).or_default().push((key.clone(), hold.owner.clone(), hold.mode));
+        }
+        true
     }
 
     /// Releases one level of hold `idx` of `key`; at zero the hold ends. Returns the count

@@ -24,7 +24,7 @@ use smallvec::SmallVec;
 use tokio::sync::{broadcast, oneshot, Notify};
 use tumbler_core::{
     Acquire, Acquired, Config, Coordinator, Effects, Event, EventLog, Grant, Granted, Instant, KeyStatus, Layout, Mode,
-    OwnerId, RequestId, SessionId, SessionInfo, Shard, Shards,
+    OwnerId, RequestId, RestoredHold, SessionId, SessionInfo, Shard, Shards, TooOld,
 };
 
 use crate::lost::{HoldId, OwnerSignals};
@@ -107,8 +107,14 @@ pub const EVENT_BUFFER: usize = 4096;
 impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
     /// An engine for `config` (its `shards` decides the sharding).
     pub fn new(config: Config<K>) -> Self {
+        Engine::continuing(config, 0)
+    }
+
+    /// An engine whose event revisions continue after `last_revision` (a restarted
+    /// server's, so that watchers never see a revision twice).
+    pub fn continuing(config: Config<K>, last_revision: u64) -> Self {
         let events = config.record_events.then(|| EventSink {
-            log: Mutex::new(EventLog::new(EVENT_BUFFER)),
+            log: Mutex::new(EventLog::starting_after(EVENT_BUFFER, last_revision)),
             tx: broadcast::channel(EVENT_BUFFER).0,
         });
         let coordinator = Coordinator::new(config);
@@ -282,6 +288,68 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
         status
     }
 
+    /// See [`tumbler_core::Coordinator::session_info`].
+    pub fn session_info(&self, id: SessionId) -> Option<SessionInfo> {
+        self.inner.central.lock().coordinator.session_info(id)
+    }
+
+    /// Re-creates a session recorded before a restart, with a fresh lease of `ttl`.
+    pub fn restore_session(&self, id: SessionId, ttl: Duration) {
+        let now = self.now();
+        self.full(|c, _, fx| c.restore_session(id, ttl, now, fx));
+    }
+
+    /// See [`tumbler_core::Coordinator::restore_hold`].
+    ///
+    /// # Errors
+    /// The core's errors.
+    pub fn restore_hold(&self, key: &K, hold: &RestoredHold) -> CoreResult<()> {
+        self.full(|c, s, fx| c.restore_hold(s, key, hold, fx))
+    }
+
+    /// The highest fencing token handed out so far.
+    pub fn fencing_high_water(&self) -> u64 {
+        let mut fx = Effects::new();
+        self.with_all(&mut fx, |c, s, _| c.coordinator.fencing_high_water(s)).0
+    }
+
+    /// Makes every later fencing token greater than `floor`.
+    pub fn raise_fencing_floor(&self, floor: u64) {
+        self.full(|c, s, _| c.raise_fencing_floor(s, floor));
+    }
+
+    /// The keys with at least one hold that satisfy `filter` (unordered; visits every
+    /// shard).
+    pub fn held_keys(&self, filter: impl FnMut(&K) -> bool) -> Vec<K> {
+        let mut fx = Effects::new();
+        self.with_all(&mut fx, |c, s, _| c.coordinator.held_keys(s, filter)).0
+    }
+
+    /// Counts for monitoring: holds, queued requests, open sessions.
+    pub fn stats(&self) -> EngineStats {
+        let mut fx = Effects::new();
+        self.with_all(&mut fx, |c, s, _| EngineStats {
+            holds: c.coordinator.holds(s),
+            waiting: c.coordinator.waiting(),
+            sessions: c.coordinator.sessions_open(),
+        })
+        .0
+    }
+
+    /// The events after revision `after` still in the replay buffer, and a live stream of
+    /// those that follow, with nothing lost or repeated between the two (when the engine
+    /// records events; `None` otherwise).
+    ///
+    /// # Errors
+    /// [`TooOld`] when events after `after` have already left the replay buffer
+    /// ([`EVENT_BUFFER`] events are kept).
+    pub fn watch(&self, after: u64) -> Option<Result<(Vec<Event<K>>, broadcast::Receiver<Event<K>>), TooOld>> {
+        let sink = self.inner.events.as_ref()?;
+        let log = sink.log.lock();
+        // Subscribing under the log's lock: every event appended later reaches the stream.
+        Some(log.since(after).map(|replay| (replay.cloned().collect(), sink.tx.subscribe())))
+    }
+
     /// Starts delivering lost-hold signals for `owner` to `signals`.
     pub fn register_owner(&self, owner: &OwnerId, signals: &Arc<OwnerSignals>) {
         self.inner.owners.lock().insert(owner.clone(), Arc::downgrade(signals));
@@ -413,6 +481,17 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
         self.settle(fx, wakes);
         cancelled
     }
+}
+
+/// Counts of an engine's table, for monitoring ([`Engine::stats`]).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Holds, one per key, owner and mode.
+    pub holds: usize,
+    /// Queued requests.
+    pub waiting: usize,
+    /// Open sessions.
+    pub sessions: usize,
 }
 
 /// Sends `outcome` to the waiters of one request. Returns the grant when none of them was
