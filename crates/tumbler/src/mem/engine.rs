@@ -336,6 +336,11 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
         .0
     }
 
+    /// The revision of the last event (0 when the engine records none).
+    pub fn last_revision(&self) -> u64 {
+        self.inner.events.as_ref().map_or(0, |sink| sink.log.lock().last_revision())
+    }
+
     /// The events after revision `after` still in the replay buffer, and a live stream of
     /// those that follow, with nothing lost or repeated between the two (when the engine
     /// records events; `None` otherwise).
@@ -343,7 +348,7 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
     /// # Errors
     /// [`TooOld`] when events after `after` have already left the replay buffer
     /// ([`EVENT_BUFFER`] events are kept).
-    pub fn watch(&self, after: u64) -> Option<Result<(Vec<Event<K>>, broadcast::Receiver<Event<K>>), TooOld>> {
+    pub fn watch(&self, after: u64) -> Option<Result<Watch<K>, TooOld>> {
         let sink = self.inner.events.as_ref()?;
         let log = sink.log.lock();
         // Subscribing under the log's lock: every event appended later reaches the stream.
@@ -482,6 +487,9 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
         cancelled
     }
 }
+
+/// What [`Engine::watch`] gives: the replayed events, then the live stream after them.
+pub type Watch<K> = (Vec<Event<K>>, broadcast::Receiver<Event<K>>);
 
 /// Counts of an engine's table, for monitoring ([`Engine::stats`]).
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]

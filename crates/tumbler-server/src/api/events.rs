@@ -1,0 +1,146 @@
+//! `GET /v1/namespaces/{ns}/events`: the namespace's changes as Server-Sent Events.
+//!
+//! Each event is `event: <acquired|released|expired|cancelled>`, `id: <revision>`,
+//! `data: <json>`. A client resumes with `Last-Event-ID`: the events after that revision
+//! still in the replay buffer ([`tumbler::mem::EVENT_BUFFER`] = 4096 events across all
+//! namespaces) are sent first. When the id is older than the buffer, or the client falls
+//! so far behind that live events were dropped, the stream sends one `reset` event
+//! (`data: {"reason", "oldest"?}`) and goes on with live events: the client must re-read
+//! the state it cares about, because it missed changes.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use futures::stream::{self, Stream, StreamExt};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::Receiver;
+use tumbler_core::Event;
+
+use super::error::ApiError;
+use super::extract::{PathParams, QueryParams};
+use super::wire::EventsQuery;
+use crate::key::LockKey;
+use crate::state::{AppState, StreamSlot};
+
+/// `{ns}`.
+#[derive(Deserialize)]
+pub struct NamespacePath {
+    ns: String,
+}
+
+/// Which events a stream shows.
+struct Filter {
+    namespace: String,
+    prefix: String,
+}
+
+impl Filter {
+    fn wants(&self, key: &LockKey) -> bool {
+        match key {
+            LockKey::Lock { namespace, name } => **namespace == *self.namespace && name.starts_with(&self.prefix),
+            LockKey::Mutex { namespace, property, .. } => {
+                **namespace == *self.namespace && property.starts_with(&self.prefix)
+            }
+        }
+    }
+}
+
+/// Opens the stream.
+pub async fn events(
+    State(state): State<AppState>,
+    PathParams(path): PathParams<NamespacePath>,
+    QueryParams(query): QueryParams<EventsQuery>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    tumbler_core::validate_namespace(&path.ns)?;
+    let after = match headers.get("last-event-id") {
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| ApiError::invalid("Last-Event-ID", "must be an event revision"))?,
+        ),
+        None => None,
+    };
+    let slot = state.0.open_stream()?;
+    let filter = Arc::new(Filter { namespace: path.ns, prefix: query.prefix.unwrap_or_default() });
+    let from = after.unwrap_or_else(|| state.engine.last_revision());
+    let (first, replay, rx) = match state.engine.watch(from) {
+        Some(Ok((replay, rx))) => (None, replay, rx),
+        Some(Err(too_old)) => {
+            let reset = reset("too_old", Some(too_old.oldest));
+            let (_, rx) = state
+                .engine
+                .watch(state.engine.last_revision())
+                .and_then(Result::ok)
+                .ok_or_else(|| ApiError::unavailable("the event stream is not available"))?;
+            (Some(reset), Vec::new(), rx)
+        }
+        None => return Err(ApiError::unavailable("this server records no events")),
+    };
+    let head = first.into_iter().chain(replay.iter().filter(|e| filter.wants(&e.key)).map(to_sse).collect::<Vec<_>>());
+    let live = live(rx, filter, slot, state.stopping.clone());
+    let stream = stream::iter(head).chain(live).map(Ok);
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// The live part: events as they come, a `reset` when some were dropped, the end when the
+/// server stops. Holds the stream's slot in the bound until the client goes.
+fn live(
+    rx: Receiver<Event<LockKey>>,
+    filter: Arc<Filter>,
+    slot: StreamSlot,
+    stopping: tokio::sync::watch::Receiver<bool>,
+) -> impl Stream<Item = SseEvent> {
+    stream::unfold((rx, filter, slot, stopping), |(mut rx, filter, slot, mut stopping)| async move {
+        loop {
+            let received = tokio::select! {
+                received = rx.recv() => received,
+                _ = crate::state::stopped(&mut stopping) => return None,
+            };
+            match received {
+                Ok(event) if filter.wants(&event.key) => return Some((to_sse(&event), (rx, filter, slot, stopping))),
+                Ok(_) => continue,
+                Err(RecvError::Lagged(_)) => return Some((reset("lagged", None), (rx, filter, slot, stopping))),
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    })
+}
+
+fn reset(reason: &str, oldest: Option<u64>) -> SseEvent {
+    SseEvent::default().event("reset").data(json!({ "reason": reason, "oldest": oldest }).to_string())
+}
+
+fn to_sse(event: &Event<LockKey>) -> SseEvent {
+    let mut data = json!({
+        "revision": event.revision,
+        "type": event.kind.name(),
+        "owner": event.owner.as_str(),
+        "mode": event.mode.name(),
+        "count": event.count,
+        "fencing_token": event.fencing_token,
+    });
+    match &event.key {
+        LockKey::Lock { namespace, name } => {
+            data["namespace"] = json!(namespace.as_ref());
+            data["key"] = json!(name.as_ref());
+        }
+        LockKey::Mutex { namespace, user, property } => {
+            data["namespace"] = json!(namespace.as_ref());
+            data["user"] = json!(user.as_ref());
+            data["property_id"] = json!(property.as_ref());
+        }
+    }
+    if let Some(limit) = event.mode.limit() {
+        data["limit"] = json!(limit);
+    }
+    SseEvent::default().event(event.kind.name()).id(event.revision.to_string()).data(data.to_string())
+}

@@ -1,0 +1,260 @@
+//! Plain locks: acquire (one key or several), release, refresh, status, listing, force
+//! release.
+
+use axum::extract::State;
+use axum::Json;
+use serde::Deserialize;
+use smallvec::SmallVec;
+use tumbler_core::{Acquire, Error, Grant, HolderStatus, KeyStatus, Mode, Wait};
+
+use super::error::ApiError;
+use super::extract::{Body, PathParams, QueryParams};
+use super::parse;
+use super::wire::{
+    AcquireAll, AcquireFields, CountAnswer, ForceAnswer, HoldAnswer, HolderAnswer, HoldsAnswer, ListAnswer, ListQuery,
+    Refresh, RefreshAnswer, Release, StatusAnswer,
+};
+use crate::key::LockKey;
+use crate::state::{AppState, Shared};
+
+/// `{ns}/locks/{key}` path parameters.
+#[derive(Deserialize)]
+pub struct LockPath {
+    ns: String,
+    key: String,
+}
+
+impl LockPath {
+    fn key(&self) -> Result<LockKey, ApiError> {
+        Ok(LockKey::lock(&self.ns, &self.key)?)
+    }
+}
+
+/// `{ns}` path parameter.
+#[derive(Deserialize)]
+pub struct NamespacePath {
+    ns: String,
+}
+
+/// `POST /v1/namespaces/{ns}/locks/{key}/acquire`.
+pub async fn acquire_one(
+    State(state): State<AppState>,
+    PathParams(path): PathParams<LockPath>,
+    Body(fields): Body<AcquireFields>,
+) -> Result<Json<HoldAnswer>, ApiError> {
+    let key = path.key()?;
+    let mut holds = acquire(&state, SmallVec::from_buf([key]), fields).await?;
+    Ok(Json(holds.remove(0)))
+}
+
+/// `POST /v1/namespaces/{ns}/acquire`.
+pub async fn acquire_all(
+    State(state): State<AppState>,
+    PathParams(path): PathParams<NamespacePath>,
+    Body(body): Body<AcquireAll>,
+) -> Result<Json<HoldsAnswer>, ApiError> {
+    let (names, fields) = body.split();
+    let max = state.config.limits.max_keys_per_request;
+    if names.is_empty() {
+        return Err(ApiError::invalid("keys", "at least one key is required"));
+    }
+    if names.len() > max {
+        return Err(ApiError::invalid("keys", format!("at most {max} keys per request")));
+    }
+    let keys = names.iter().map(|n| LockKey::lock(&path.ns, n)).collect::<Result<SmallVec<_>, _>>()?;
+    Ok(Json(HoldsAnswer { holds: acquire(&state, keys, fields).await? }))
+}
+
+/// Acquires `keys` as `fields` say, waits as long as allowed (ending early with 503 when
+/// the server stops), writes the grant, and answers per key. A grant the store cannot
+/// write is released again and answered with 503, so no hold outlives a failed answer.
+pub async fn acquire(
+    state: &Shared,
+    keys: SmallVec<[LockKey; 1]>,
+    fields: AcquireFields,
+) -> Result<Vec<HoldAnswer>, ApiError> {
+    let owner = match &fields.owner {
+        Some(id) => parse::owner(id)?,
+        None => parse::generated_owner(),
+    };
+    let mode = parse::mode(fields.mode.as_deref(), fields.limit)?;
+    let session = fields.session.as_deref().map(|s| parse::session(state, s)).transpose()?;
+    let ttl = fields.ttl_ms.map(|ms| parse::ttl("ttl_ms", ms, state)).transpose()?;
+    if session.is_none() && ttl.is_none() {
+        return Err(ApiError::invalid("session", "one of `session` and `ttl_ms` is required"));
+    }
+    let wait = parse::wait(fields.wait_ms.unwrap_or(0), state)?;
+    let mut req = Acquire::all(keys.iter().cloned(), owner).mode(mode);
+    req = req.wait(wait.map_or(Wait::NoWait, Wait::Timeout));
+    if let Some(ttl) = ttl {
+        req = req.ttl(ttl);
+    }
+    if let Some(session) = session {
+        req = req.session(session);
+    }
+    if let Some(id) = &fields.request_id {
+        req = req.request_id(parse::request_id(id)?);
+    }
+    if wait.is_some() {
+        state.metrics.waits.inc();
+    }
+    let mut stopping = state.stopping.clone();
+    let outcome = tokio::select! {
+        outcome = state.engine.acquire(req) => outcome,
+        _ = crate::state::stopped(&mut stopping) => return Err(ApiError::unavailable("the server is shutting down")),
+    };
+    let grant = outcome.inspect_err(|e| match e {
+        Error::Timeout => {
+            state.metrics.timeouts.inc();
+        }
+        Error::Deadlock { .. } => {
+            state.metrics.deadlocks.inc();
+        }
+        _ => {}
+    })?;
+    let highest = grant.holds.iter().map(|h| h.fencing_token).max().unwrap_or(0);
+    if let Err(e) = state.persist(&keys, Vec::new(), highest).await {
+        if !grant.retried {
+            state.engine.release_grant(&grant);
+        }
+        return Err(e);
+    }
+    Ok(answers(state, &grant))
+}
+
+fn answers(state: &Shared, grant: &Grant<LockKey>) -> Vec<HoldAnswer> {
+    grant
+        .holds
+        .iter()
+        .map(|h| {
+            let (namespace, key) = names(&h.key);
+            HoldAnswer {
+                namespace,
+                key,
+                owner: grant.owner.as_str().to_owned(),
+                mode: grant.mode.name().to_owned(),
+                limit: grant.mode.limit(),
+                count: h.count,
+                fencing_token: h.fencing_token,
+                session: grant.session.map(|s| s.0.to_string()),
+                expires_at_ms: h.expires_at.map(|at| state.clock.unix_ms(at)),
+            }
+        })
+        .collect()
+}
+
+/// The namespace and the name a client knows the key by (for a GS2 mutex, its property).
+pub fn names(key: &LockKey) -> (String, String) {
+    match key {
+        LockKey::Lock { namespace, name } => (namespace.to_string(), name.to_string()),
+        LockKey::Mutex { namespace, property, .. } => (namespace.to_string(), property.to_string()),
+    }
+}
+
+/// `POST /v1/namespaces/{ns}/locks/{key}/release`.
+pub async fn release(
+    State(state): State<AppState>,
+    PathParams(path): PathParams<LockPath>,
+    Body(body): Body<Release>,
+) -> Result<Json<CountAnswer>, ApiError> {
+    let key = path.key()?;
+    let owner = parse::owner(&body.owner)?;
+    let mode = parse::hold_mode(body.mode.as_deref(), body.limit)?;
+    let count = state.engine.release(&key, &owner, mode, body.fencing_token)?;
+    state.metrics.releases.inc();
+    state.persist(std::slice::from_ref(&key), Vec::new(), 0).await?;
+    Ok(Json(CountAnswer { count }))
+}
+
+/// `POST /v1/namespaces/{ns}/locks/{key}/refresh`.
+pub async fn refresh(
+    State(state): State<AppState>,
+    PathParams(path): PathParams<LockPath>,
+    Body(body): Body<Refresh>,
+) -> Result<Json<RefreshAnswer>, ApiError> {
+    let key = path.key()?;
+    let owner = parse::owner(&body.owner)?;
+    let ttl = parse::ttl("ttl_ms", body.ttl_ms, &state)?;
+    let mode = parse::hold_mode(body.mode.as_deref(), body.limit)?;
+    let at = state.engine.refresh(&key, &owner, mode, ttl)?;
+    state.persist(std::slice::from_ref(&key), Vec::new(), 0).await?;
+    Ok(Json(RefreshAnswer { expires_at_ms: state.clock.unix_ms(at) }))
+}
+
+/// `GET /v1/namespaces/{ns}/locks/{key}`: 404 `not_held` when free.
+pub async fn status(
+    State(state): State<AppState>,
+    PathParams(path): PathParams<LockPath>,
+) -> Result<Json<StatusAnswer>, ApiError> {
+    let key = path.key()?;
+    let status = state.held(&key).ok_or(Error::NotHeld)?;
+    Ok(Json(status_answer(&state, &key, &status)))
+}
+
+/// A key's status as the API shows it.
+pub fn status_answer(state: &Shared, key: &LockKey, status: &KeyStatus) -> StatusAnswer {
+    let (namespace, name) = names(key);
+    let mode = status.holders.first().map_or(Mode::Exclusive, |h| h.holder.mode);
+    StatusAnswer {
+        namespace,
+        key: name,
+        mode: mode.name().to_owned(),
+        limit: mode.limit(),
+        holders: status.holders.iter().map(|h| holder_answer(state, h)).collect(),
+        waiters: status.waiters,
+    }
+}
+
+fn holder_answer(state: &Shared, h: &HolderStatus) -> HolderAnswer {
+    HolderAnswer {
+        owner: h.holder.owner.as_str().to_owned(),
+        count: h.holder.count,
+        fencing_token: h.holder.fencing_token,
+        session: h.session.map(|s| s.0.to_string()),
+        expires_at_ms: h.expires_at.map(|at| state.clock.unix_ms(at)),
+    }
+}
+
+/// `GET /v1/namespaces/{ns}/locks?prefix=&limit=&after=`: held locks in key order.
+pub async fn list(
+    State(state): State<AppState>,
+    PathParams(path): PathParams<NamespacePath>,
+    QueryParams(query): QueryParams<ListQuery>,
+) -> Result<Json<ListAnswer>, ApiError> {
+    tumbler_core::validate_namespace(&path.ns)?;
+    let max = state.config.limits.max_page;
+    let limit = query.limit.unwrap_or(100);
+    if limit == 0 || limit > max {
+        return Err(ApiError::invalid("limit", format!("must be 1 to {max}")));
+    }
+    let prefix = query.prefix.unwrap_or_default();
+    let after = query.after;
+    let mut keys = state.engine.held_keys(|k| match k {
+        LockKey::Lock { namespace, name } => {
+            **namespace == *path.ns && name.starts_with(&prefix) && after.as_deref().is_none_or(|a| **name > *a)
+        }
+        LockKey::Mutex { .. } => false,
+    });
+    keys.sort();
+    let more = keys.len() > limit;
+    keys.truncate(limit);
+    let items: Vec<StatusAnswer> =
+        keys.iter().filter_map(|k| state.held(k).map(|s| status_answer(&state, k, &s))).collect();
+    let next_after = if more { keys.last().map(|k| names(k).1) } else { None };
+    Ok(Json(ListAnswer { items, next_after }))
+}
+
+/// `DELETE /v1/namespaces/{ns}/locks/{key}`: ends every hold of the key (their owners'
+/// clients see `not_held` from then on). 404 `not_held` when nobody held it.
+pub async fn force_release(
+    State(state): State<AppState>,
+    PathParams(path): PathParams<LockPath>,
+) -> Result<Json<ForceAnswer>, ApiError> {
+    let key = path.key()?;
+    let released = state.engine.force_release(&key);
+    if released == 0 {
+        return Err(Error::NotHeld.into());
+    }
+    state.persist(std::slice::from_ref(&key), Vec::new(), 0).await?;
+    Ok(Json(ForceAnswer { released }))
+}

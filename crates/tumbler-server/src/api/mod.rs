@@ -1,0 +1,94 @@
+//! The HTTP API of DESIGN.md §4: routes, handlers, and the one error shape.
+
+pub mod error;
+mod events;
+pub mod extract;
+mod gs2;
+mod locks;
+mod ops;
+mod parse;
+mod sessions;
+pub mod wire;
+
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+
+pub use sessions::ended_sessions;
+
+use self::error::ApiError;
+use crate::metrics::RouteLabels;
+use crate::state::AppState;
+
+/// Every route of the API, with the body limit, the latency histogram and JSON errors for
+/// unknown routes and methods.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.config.limits.max_body_bytes;
+    Router::new()
+        .route("/v1/sessions", post(sessions::open))
+        .route("/v1/sessions/{id}/keepalive", post(sessions::keepalive))
+        .route("/v1/sessions/{id}", axum::routing::delete(sessions::close))
+        .route("/v1/namespaces/{ns}/locks/{key}/acquire", post(locks::acquire_one))
+        .route("/v1/namespaces/{ns}/locks/{key}/release", post(locks::release))
+        .route("/v1/namespaces/{ns}/locks/{key}/refresh", post(locks::refresh))
+        .route("/v1/namespaces/{ns}/locks/{key}", get(locks::status).delete(locks::force_release))
+        .route("/v1/namespaces/{ns}/locks", get(locks::list))
+        .route("/v1/namespaces/{ns}/acquire", post(locks::acquire_all))
+        .route("/v1/namespaces/{ns}/events", get(events::events))
+        .route("/v1/namespaces/{ns}/users/{user}/mutexes/{property_id}", get(gs2::get))
+        .route("/v1/namespaces/{ns}/users/{user}/mutexes/{property_id}/lock", post(gs2::lock))
+        .route("/v1/namespaces/{ns}/users/{user}/mutexes/{property_id}/unlock", post(gs2::unlock))
+        .route("/v1/namespaces/{ns}/users/{user}/mutexes", get(gs2::list))
+        .route("/v1/stats", get(ops::stats))
+        .route("/healthz", get(ops::healthz))
+        .route("/metrics", get(ops::metrics))
+        .route("/", get(ops::dashboard))
+        .fallback(|| async { ApiError::no_route() })
+        .method_not_allowed_fallback(|| async {
+            ApiError {
+                status: axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                code: "invalid_argument",
+                message: "this route does not take that method".into(),
+                details: serde_json::json!({}),
+            }
+        })
+        .layer(middleware::from_fn(reject_bad_percent_encoding))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+/// Records each request's latency under its route template, and logs it.
+async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_owned();
+    let method = req.method().to_string();
+    let started = Instant::now();
+    let response = next.run(req).await.into_response();
+    let elapsed = started.elapsed();
+    state
+        .metrics
+        .latency
+        .get_or_create(&RouteLabels { method: method.clone(), route: route.clone() })
+        .observe(elapsed.as_secs_f64());
+    tracing::debug!(%method, %route, status = response.status().as_u16(), micros = elapsed.as_micros() as u64, "request");
+    response
+}
+
+/// Answers 400 `invalid_argument` for a path with a `%` not followed by two hex digits:
+/// the router would otherwise take such a segment literally.
+async fn reject_bad_percent_encoding(req: Request, next: Next) -> Response {
+    let path = req.uri().path().as_bytes();
+    let bad = path.iter().enumerate().any(|(i, b)| {
+        *b == b'%'
+            && !(path.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && path.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+    });
+    if bad {
+        return ApiError::invalid("path", "malformed percent-encoding").into_response();
+    }
+    next.run(req).await
+}
