@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tumbler_server::{ServerConfig, StoreUrl};
@@ -23,6 +24,10 @@ enum Command {
         /// Where to keep state: `memory`, or `sqlite:PATH`.
         #[arg(long, default_value = "sqlite:./tumbler-data/tumbler.db")]
         store: StoreUrl,
+        /// A lock-delay for a namespace, `NAMESPACE=DURATION` (e.g. `payments=5s`, `jobs=500ms`):
+        /// its keys freed by expiry or session end stay unclaimable that long. Repeatable.
+        #[arg(long = "lock-delay", value_parser = parse_lock_delay)]
+        lock_delays: Vec<(String, Duration)>,
     },
 }
 
@@ -36,8 +41,26 @@ async fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { listen, store } => serve(ServerConfig { listen, store, ..ServerConfig::default() }).await,
+        Command::Serve { listen, store, lock_delays } => {
+            let lock_delays = lock_delays.into_iter().collect();
+            serve(ServerConfig { listen, store, lock_delays, ..ServerConfig::default() }).await
+        }
     }
+}
+
+/// `NAMESPACE=DURATION`, the duration in `ms`, `s` or `m`.
+fn parse_lock_delay(text: &str) -> Result<(String, Duration), String> {
+    let (namespace, duration) = text.split_once('=').ok_or("expected NAMESPACE=DURATION, e.g. jobs=5s")?;
+    tumbler_core::validate_namespace(namespace).map_err(|e| e.to_string())?;
+    let (number, unit) = duration.split_at(duration.find(|c: char| !c.is_ascii_digit()).unwrap_or(duration.len()));
+    let n: u64 = number.parse().map_err(|_| format!("{duration:?} is not a duration like 500ms, 5s or 2m"))?;
+    let delay = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        _ => return Err(format!("{duration:?} is not a duration like 500ms, 5s or 2m")),
+    };
+    Ok((namespace.to_owned(), delay))
 }
 
 async fn serve(config: ServerConfig) -> ExitCode {
@@ -76,5 +99,20 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {}
         () = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_delays_parse_with_their_unit() {
+        assert_eq!(parse_lock_delay("jobs=500ms"), Ok(("jobs".to_owned(), Duration::from_millis(500))));
+        assert_eq!(parse_lock_delay("a.b-c=5s"), Ok(("a.b-c".to_owned(), Duration::from_secs(5))));
+        assert_eq!(parse_lock_delay("x=2m"), Ok(("x".to_owned(), Duration::from_secs(120))));
+        for bad in ["jobs", "jobs=", "jobs=5", "jobs=5h", "jobs=s", "bad ns=5s", "=5s"] {
+            assert!(parse_lock_delay(bad).is_err(), "{bad} should be refused");
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! The server's configuration: where it listens, where it keeps its state, its bounds.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -59,6 +60,10 @@ pub struct ServerConfig {
     pub limits: ServerLimits,
     /// How often ended sessions are looked for and written to the store.
     pub sweep_every: Duration,
+    /// Per-namespace lock-delay (Chubby, Consul): a key of the namespace freed by expiry
+    /// or by its session's end — not by a release — stays unclaimable this long, for
+    /// resources that cannot check fencing tokens.
+    pub lock_delays: HashMap<String, Duration>,
 }
 
 impl Default for ServerConfig {
@@ -68,6 +73,7 @@ impl Default for ServerConfig {
             store: StoreUrl::default_sqlite(),
             limits: ServerLimits::default(),
             sweep_every: Duration::from_secs(1),
+            lock_delays: HashMap::new(),
         }
     }
 }

@@ -95,6 +95,9 @@ pub async fn acquire(
     if let Some(id) = &fields.request_id {
         req = req.request_id(parse::request_id(id)?);
     }
+    if let Some(delay) = keys.first().and_then(|k| state.config.lock_delays.get(k.namespace())) {
+        req = req.lock_delay(*delay);
+    }
     if wait.is_some() {
         state.metrics.waits.inc();
     }
