@@ -10,6 +10,10 @@ use tumbler_server::{ServerConfig, StoreUrl};
 #[derive(Parser)]
 #[command(name = "tumbler", version, about = "Fair, fenced, re-entrant locks for any language")]
 struct Cli {
+    /// Log one JSON object per line (for log collectors) instead of text. `RUST_LOG`
+    /// sets the level (`info` by default; `debug` logs every request).
+    #[arg(long, global = true)]
+    log_json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -33,13 +37,15 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    if cli.log_json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     match cli.command {
         Command::Serve { listen, store, lock_delays } => {
             let lock_delays = lock_delays.into_iter().collect();
