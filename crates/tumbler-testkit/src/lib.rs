@@ -68,11 +68,15 @@ mod mem;
 mod pg;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(feature = "remote")]
+mod remote;
 
 pub use backend::Backend;
 pub use mem::MemBackend;
 #[cfg(feature = "postgres")]
 pub use pg::PgBackend;
+#[cfg(feature = "remote")]
+pub use remote::RemoteBackend;
 
 /// Stamps out one `#[test]` per conformance case for the backend that `$make` builds.
 ///

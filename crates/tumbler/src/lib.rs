@@ -41,6 +41,8 @@ pub mod mem;
 mod options;
 #[cfg(feature = "postgres")]
 pub mod pg;
+#[cfg(feature = "remote")]
+pub mod remote;
 
 pub use error::{Error, Result};
 pub use helpers::LockerExt;
