@@ -32,6 +32,12 @@ impl ApiError {
         }
     }
 
+    /// Adds `name: value` to the details (e.g. the `max` a value exceeded).
+    pub fn with(mut self, name: &str, value: impl Into<Value>) -> Self {
+        self.details[name] = value.into();
+        self
+    }
+
     /// 404 for a session id the server never issued (410 is for one that ended).
     pub fn unknown_session() -> Self {
         ApiError {
@@ -103,12 +109,18 @@ impl From<Error> for ApiError {
         let details = match &error {
             Error::InvalidArgument { field, .. } => json!({ "field": field }),
             Error::Busy { holders } => json!({
-                "holders": holders.iter().map(|h| json!({
-                    "owner": h.owner.as_str(),
-                    "mode": h.mode.name(),
-                    "count": h.count,
-                    "fencing_token": h.fencing_token,
-                })).collect::<Vec<_>>()
+                "holders": holders.iter().map(|h| {
+                    let mut holder = json!({
+                        "owner": h.owner.as_str(),
+                        "mode": h.mode.name(),
+                        "count": h.count,
+                        "fencing_token": h.fencing_token,
+                    });
+                    if let Some(limit) = h.mode.limit() {
+                        holder["limit"] = json!(limit);
+                    }
+                    holder
+                }).collect::<Vec<_>>()
             }),
             Error::Deadlock { cycle } => json!({ "cycle": cycle.iter().map(|o| o.as_str()).collect::<Vec<_>>() }),
             Error::LimitExceeded { limit, max } => json!({ "limit": limit, "max": max }),

@@ -64,7 +64,7 @@ pub fn ttl(field: &str, ms: u64, state: &Shared) -> Result<Duration, ApiError> {
         return Err(ApiError::invalid(field, "must be greater than zero"));
     }
     if ms > max {
-        return Err(ApiError::invalid(field, format!("must be at most {max} ms")));
+        return Err(ApiError::invalid(field, format!("must be at most {max} ms")).with("max", max));
     }
     Ok(Duration::from_millis(ms))
 }
@@ -73,7 +73,7 @@ pub fn ttl(field: &str, ms: u64, state: &Shared) -> Result<Duration, ApiError> {
 pub fn wait(ms: u64, state: &Shared) -> Result<Option<Duration>, ApiError> {
     let max = state.config.limits.max_wait_ms;
     if ms > max {
-        return Err(ApiError::invalid("wait_ms", format!("must be at most {max} ms")));
+        return Err(ApiError::invalid("wait_ms", format!("must be at most {max} ms")).with("max", max));
     }
     Ok((ms > 0).then(|| Duration::from_millis(ms)))
 }
