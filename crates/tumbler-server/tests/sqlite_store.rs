@@ -1,94 +1,188 @@
-//! The SQLite store: what is committed comes back after a reopen, and concurrent commits
-//! share transactions.
+//! The SQLite store: what is committed comes back after a reopen, exactly; concurrent
+//! commits share transactions; failures are reported and leave the writer running.
 
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 
+use tempfile::TempDir;
 use tumbler_core::Mode;
-use tumbler_server::store::{Change, HoldRecord, Marks, SessionRecord, SqliteStore};
+use tumbler_server::store::{Change, HoldRecord, Marks, SessionRecord, Snapshot, SqliteStore, StoreError};
 use tumbler_server::LockKey;
 
 fn hold(owner: &str, mode: Mode, token: u64, session: Option<u64>, expires_at_ms: Option<u64>) -> HoldRecord {
     HoldRecord { owner: owner.into(), mode, count: 2, fencing_token: token, session, expires_at_ms }
 }
 
-#[tokio::test]
-async fn every_change_kind_survives_a_reopen() {
+fn key_change(key: &LockKey, holds: Vec<HoldRecord>) -> Change {
+    Change::Key { key: key.clone(), holds }
+}
+
+fn lock(name: &str) -> LockKey {
+    LockKey::lock("ns", name).unwrap()
+}
+
+fn marks(fencing_high_water: u64, last_revision: u64) -> Marks {
+    Marks { fencing_high_water, last_revision }
+}
+
+/// A fresh database path in its own temporary directory (kept alive by the `TempDir`).
+fn db() -> (TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("nested/dir/tumbler.db");
-    let lock = LockKey::lock("ns", "a:b").unwrap();
+    let path = dir.path().join("tumbler.db");
+    (dir, path)
+}
+
+async fn commit(store: &SqliteStore, changes: Vec<Change>) {
+    store.commit(changes, Marks::default()).await.unwrap();
+}
+
+/// Closes `store` and reads the file back through a fresh store.
+async fn reopen(store: SqliteStore, path: &Path) -> Snapshot {
+    store.close().await;
+    let store = SqliteStore::open(path).await.unwrap();
+    let snapshot = store.load().await.unwrap();
+    store.close().await;
+    snapshot
+}
+
+fn holds_of(snapshot: &Snapshot, key: &LockKey) -> Option<Vec<HoldRecord>> {
+    snapshot.keys.iter().find(|(k, _)| k == key).map(|(_, h)| h.clone())
+}
+
+#[tokio::test]
+async fn every_change_kind_and_key_kind_survives_a_reopen() {
+    let (_dir, path) = db();
+    let plain = lock("a:b");
     let mutex = LockKey::mutex("ns", "a", "b").unwrap();
-    let semaphore = LockKey::lock("ns", "pool").unwrap();
-    let store = SqliteStore::open(&path).await.unwrap();
-    let changes = vec![
-        Change::SessionOpened(SessionRecord { id: 7, ttl_ms: 5000, label: Some("worker".into()) }),
-        Change::SessionOpened(SessionRecord { id: 8, ttl_ms: 100, label: None }),
-        Change::Key { key: lock.clone(), holds: vec![hold("o1", Mode::Exclusive, 3, Some(7), None)] },
-        Change::Key { key: mutex.clone(), holds: vec![hold("t1", Mode::Exclusive, 4, None, Some(1_900_000_000_000))] },
-        Change::Key {
-            key: semaphore.clone(),
-            holds: vec![
-                hold("s1", Mode::Semaphore { limit: 3 }, 5, Some(8), None),
-                hold("s2", Mode::Semaphore { limit: 3 }, 6, None, Some(1)),
-            ],
-        },
+    let pool = lock("pool");
+    let sessions = vec![
+        SessionRecord { id: 7, ttl_ms: 5000, label: Some("worker".into()) },
+        SessionRecord { id: 8, ttl_ms: 100, label: None },
     ];
-    store.commit(changes, Marks { fencing_high_water: 6, last_revision: 40 }).await.unwrap();
-    store.close().await;
-    assert!(store.commit(Vec::new(), Marks::default()).await.is_err(), "a closed store refuses commits");
-
+    let pool_holds = vec![
+        hold("s2", Mode::Semaphore { limit: 3 }, 6, None, Some(1)),
+        hold("s1", Mode::Semaphore { limit: 3 }, 5, Some(8), None),
+    ];
     let store = SqliteStore::open(&path).await.unwrap();
-    let snapshot = store.load().await.unwrap();
-    assert_eq!(snapshot.marks, Marks { fencing_high_water: 6, last_revision: 40 });
-    assert_eq!(snapshot.sessions.len(), 2);
-    assert_eq!(snapshot.sessions[0], SessionRecord { id: 7, ttl_ms: 5000, label: Some("worker".into()) });
-    let find = |key: &LockKey| snapshot.keys.iter().find(|(k, _)| k == key).map(|(_, h)| h.clone());
-    assert_eq!(find(&lock), Some(vec![hold("o1", Mode::Exclusive, 3, Some(7), None)]));
-    assert_eq!(find(&mutex), Some(vec![hold("t1", Mode::Exclusive, 4, None, Some(1_900_000_000_000))]));
-    assert_eq!(find(&semaphore).map(|h| h.len()), Some(2));
-    assert_eq!(find(&semaphore).unwrap()[0].mode, Mode::Semaphore { limit: 3 });
+    let mut changes: Vec<Change> = sessions.iter().cloned().map(Change::SessionOpened).collect();
+    changes.push(key_change(&plain, vec![hold("o1", Mode::Exclusive, 3, Some(7), None)]));
+    changes.push(key_change(&mutex, vec![hold("t1", Mode::Shared, 4, None, Some(1_900_000_000_000))]));
+    changes.push(key_change(&pool, pool_holds.clone()));
+    store.commit(changes, marks(6, 40)).await.unwrap();
 
-    // A key with no holds is forgotten; a closed session takes its holds with it; marks
-    // never go down.
-    let changes = vec![Change::Key { key: mutex.clone(), holds: Vec::new() }, Change::SessionClosed(8)];
-    store.commit(changes, Marks { fencing_high_water: 2, last_revision: 3 }).await.unwrap();
-    let snapshot = store.load().await.unwrap();
-    assert_eq!(snapshot.marks, Marks { fencing_high_water: 6, last_revision: 40 });
-    assert!(snapshot.keys.iter().all(|(k, _)| *k != mutex));
-    assert_eq!(snapshot.sessions.iter().map(|s| s.id).collect::<Vec<_>>(), vec![7]);
-    let pool = snapshot.keys.iter().find(|(k, _)| *k == semaphore).map(|(_, h)| h.clone()).unwrap();
-    assert_eq!(pool.iter().map(|h| h.owner.as_str()).collect::<Vec<_>>(), vec!["s2"]);
-    store.close().await;
+    let snapshot = reopen(store, &path).await;
+    assert_eq!(snapshot.marks, marks(6, 40));
+    assert_eq!(snapshot.sessions, sessions);
+    assert_eq!(holds_of(&snapshot, &plain), Some(vec![hold("o1", Mode::Exclusive, 3, Some(7), None)]));
+    assert_eq!(holds_of(&snapshot, &mutex), Some(vec![hold("t1", Mode::Shared, 4, None, Some(1_900_000_000_000))]));
+    assert_eq!(holds_of(&snapshot, &pool), Some(pool_holds), "holds come back in the order written");
+    assert_eq!(snapshot.keys.len(), 3);
+}
+
+#[tokio::test]
+async fn a_lock_and_a_mutex_with_the_same_strings_stay_apart() {
+    let (_dir, path) = db();
+    // Built by hand: a mutex whose user is empty has exactly a plain lock's columns but
+    // its kind.
+    let plain = LockKey::Lock { namespace: "ns".into(), name: "p".into() };
+    let mutex = LockKey::Mutex { namespace: "ns".into(), user: "".into(), property: "p".into() };
+    let store = SqliteStore::open(&path).await.unwrap();
+    commit(&store, vec![key_change(&plain, vec![hold("a", Mode::Exclusive, 1, None, None)])]).await;
+    commit(&store, vec![key_change(&mutex, vec![hold("b", Mode::Exclusive, 2, None, None)])]).await;
+    let snapshot = reopen(store, &path).await;
+    assert_eq!(holds_of(&snapshot, &plain).unwrap()[0].owner, "a");
+    assert_eq!(holds_of(&snapshot, &mutex).unwrap()[0].owner, "b");
+}
+
+#[tokio::test]
+async fn a_key_with_no_holds_is_forgotten() {
+    let (_dir, path) = db();
+    let (gone, kept) = (lock("gone"), lock("kept"));
+    let store = SqliteStore::open(&path).await.unwrap();
+    let one = vec![hold("o", Mode::Exclusive, 1, None, None)];
+    commit(&store, vec![key_change(&gone, one.clone()), key_change(&kept, one.clone())]).await;
+    commit(&store, vec![key_change(&gone, Vec::new())]).await;
+    let snapshot = reopen(store, &path).await;
+    assert_eq!(snapshot.keys, vec![(kept, one)]);
+}
+
+#[tokio::test]
+async fn a_closed_session_is_removed_with_its_holds() {
+    let (_dir, path) = db();
+    let pool = lock("pool");
+    let store = SqliteStore::open(&path).await.unwrap();
+    let open = |id| Change::SessionOpened(SessionRecord { id, ttl_ms: 1000, label: None });
+    let holds = vec![hold("in8", Mode::Shared, 1, Some(8), None), hold("in9", Mode::Shared, 1, Some(9), None)];
+    commit(&store, vec![open(8), open(9), key_change(&pool, holds)]).await;
+    commit(&store, vec![Change::SessionClosed(8)]).await;
+    let snapshot = reopen(store, &path).await;
+    assert_eq!(snapshot.sessions.iter().map(|s| s.id).collect::<Vec<_>>(), vec![9]);
+    assert_eq!(holds_of(&snapshot, &pool), Some(vec![hold("in9", Mode::Shared, 1, Some(9), None)]));
+}
+
+#[tokio::test]
+async fn reopening_a_session_replaces_its_record() {
+    let (_dir, path) = db();
+    let store = SqliteStore::open(&path).await.unwrap();
+    let record = SessionRecord { id: 3, ttl_ms: 10, label: Some("old".into()) };
+    commit(&store, vec![Change::SessionOpened(record)]).await;
+    let record = SessionRecord { id: 3, ttl_ms: 20, label: None };
+    commit(&store, vec![Change::SessionOpened(record.clone())]).await;
+    assert_eq!(reopen(store, &path).await.sessions, vec![record]);
+}
+
+#[tokio::test]
+async fn marks_never_go_down() {
+    let (_dir, path) = db();
+    let store = SqliteStore::open(&path).await.unwrap();
+    store.commit(Vec::new(), marks(6, 40)).await.unwrap();
+    store.commit(Vec::new(), marks(2, 3)).await.unwrap();
+    assert_eq!(store.load().await.unwrap().marks, marks(6, 40));
+    // Each mark rises on its own.
+    store.commit(Vec::new(), marks(1, 41)).await.unwrap();
+    assert_eq!(reopen(store, &path).await.marks, marks(6, 41));
 }
 
 #[tokio::test]
 async fn a_later_commit_of_a_key_wins() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("t.db")).await.unwrap();
-    let key = LockKey::lock("ns", "k").unwrap();
+    let (_dir, path) = db();
+    let store = SqliteStore::open(&path).await.unwrap();
+    let key = lock("k");
     for token in 1..=5 {
-        let holds = vec![hold("o", Mode::Shared, token, None, None)];
-        store.commit(vec![Change::Key { key: key.clone(), holds }], Marks::default()).await.unwrap();
+        commit(&store, vec![key_change(&key, vec![hold("o", Mode::Shared, token, None, None)])]).await;
     }
     let snapshot = store.load().await.unwrap();
-    assert_eq!(snapshot.keys.len(), 1);
-    assert_eq!(snapshot.keys[0].1[0].fencing_token, 5);
+    assert_eq!(snapshot.keys, vec![(key, vec![hold("o", Mode::Shared, 5, None, None)])]);
     store.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
+async fn commits_sent_together_apply_in_the_order_sent() {
+    let (_dir, path) = db();
+    let store = SqliteStore::open(&path).await.unwrap();
+    let key = lock("k");
+    // `join!` polls the first future first, so its batch is queued first; both are
+    // queued before either is answered, so they usually share a transaction.
+    let first = store.commit(vec![key_change(&key, vec![hold("first", Mode::Exclusive, 1, None, None)])], marks(1, 1));
+    let second =
+        store.commit(vec![key_change(&key, vec![hold("second", Mode::Exclusive, 2, None, None)])], marks(2, 2));
+    let (a, b) = tokio::join!(first, second);
+    a.unwrap();
+    b.unwrap();
+    let snapshot = reopen(store, &path).await;
+    assert_eq!(holds_of(&snapshot, &key).unwrap()[0].owner, "second");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_commits_share_transactions() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SqliteStore::open(&dir.path().join("t.db")).await.unwrap());
+    let (_dir, path) = db();
+    let store = SqliteStore::open(&path).await.unwrap();
     let before = store.transactions();
     let tasks: Vec<_> = (0..200u64)
         .map(|i| {
             let store = store.clone();
             tokio::spawn(async move {
-                let key = LockKey::lock("ns", &format!("k{i}")).unwrap();
-                let holds = vec![hold("o", Mode::Exclusive, i + 1, None, None)];
-                store
-                    .commit(vec![Change::Key { key, holds }], Marks { fencing_high_water: i + 1, last_revision: i })
-                    .await
+                let change = key_change(&lock(&format!("k{i}")), vec![hold("o", Mode::Exclusive, i + 1, None, None)]);
+                store.commit(vec![change], marks(i + 1, i)).await
             })
         })
         .collect();
@@ -97,10 +191,118 @@ async fn concurrent_commits_share_transactions() {
     }
     let used = store.transactions() - before;
     assert!(used < 200, "200 concurrent commits took {used} transactions: no grouping");
+    assert!(used >= 1);
     let snapshot = store.load().await.unwrap();
     assert_eq!(snapshot.keys.len(), 200);
-    assert_eq!(snapshot.marks.fencing_high_water, 200);
+    assert_eq!(snapshot.marks, marks(200, 199));
     store.close().await;
+}
+
+#[tokio::test]
+async fn a_failed_commit_keeps_nothing_and_the_writer_keeps_running() {
+    let (_dir, path) = db();
+    let store = SqliteStore::open(&path).await.unwrap();
+    // Two holds of one owner in one mode break the table's primary key.
+    let twice = vec![hold("o", Mode::Exclusive, 1, None, None), hold("o", Mode::Exclusive, 2, None, None)];
+    let session = Change::SessionOpened(SessionRecord { id: 1, ttl_ms: 10, label: None });
+    let err = store.commit(vec![session, key_change(&lock("bad"), twice)], marks(9, 9)).await.unwrap_err();
+    assert!(matches!(err, StoreError::Io(_)), "{err:?}");
+    // A token SQLite cannot hold is refused, not wrapped.
+    let huge = vec![hold("o", Mode::Exclusive, u64::MAX, None, None)];
+    let err = store.commit(vec![key_change(&lock("huge"), huge)], Marks::default()).await.unwrap_err();
+    assert!(matches!(err, StoreError::Io(_)), "{err:?}");
+
+    let good = vec![hold("o", Mode::Exclusive, 3, None, None)];
+    store.commit(vec![key_change(&lock("good"), good.clone())], marks(3, 3)).await.unwrap();
+    let snapshot = reopen(store, &path).await;
+    assert_eq!(snapshot, Snapshot { sessions: Vec::new(), keys: vec![(lock("good"), good)], marks: marks(3, 3) });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_commit_answered_ok_is_kept_and_no_failed_one_is() {
+    let (_dir, path) = db();
+    let store = SqliteStore::open(&path).await.unwrap();
+    let tasks: Vec<_> = (0..50u64)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                // Every tenth commit is broken; whichever group it lands in fails with it.
+                let copies = if i % 10 == 5 { 2 } else { 1 };
+                let holds = vec![hold("o", Mode::Exclusive, i + 1, None, None); copies];
+                store.commit(vec![key_change(&lock(&format!("k{i}")), holds)], Marks::default()).await.is_ok()
+            })
+        })
+        .collect();
+    let mut answered_ok = Vec::new();
+    for (i, task) in tasks.into_iter().enumerate() {
+        let ok = task.await.unwrap();
+        assert!(!(ok && i % 10 == 5), "broken commit {i} was answered ok");
+        if ok {
+            answered_ok.push(lock(&format!("k{i}")));
+        }
+    }
+    assert!(answered_ok.len() <= 45);
+    let snapshot = reopen(store, &path).await;
+    let mut kept: Vec<LockKey> = snapshot.keys.into_iter().map(|(k, _)| k).collect();
+    kept.sort();
+    answered_ok.sort();
+    assert_eq!(kept, answered_ok);
+}
+
+#[tokio::test]
+async fn a_commit_or_load_after_close_fails() {
+    let (_dir, path) = db();
+    let store = SqliteStore::open(&path).await.unwrap();
+    let clone = store.clone();
+    store.close().await;
+    let err = clone.commit(Vec::new(), Marks::default()).await.unwrap_err();
+    assert!(matches!(err, StoreError::Io(_)), "{err:?}");
+    assert!(matches!(clone.load().await, Err(StoreError::Io(_))));
+    // Closing again is harmless.
+    clone.close().await;
+}
+
+#[tokio::test]
+async fn close_waits_for_commits_in_flight() {
+    let (_dir, path) = db();
+    let store = SqliteStore::open(&path).await.unwrap();
+    let key = lock("k");
+    let pending = store.commit(vec![key_change(&key, vec![hold("o", Mode::Exclusive, 1, None, None)])], marks(1, 1));
+    let (committed, ()) = tokio::join!(pending, store.close());
+    committed.unwrap();
+    let snapshot = reopen(store, &path).await;
+    assert_eq!(holds_of(&snapshot, &key).map(|h| h.len()), Some(1));
+}
+
+#[tokio::test]
+async fn opening_creates_missing_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("not/yet/there/tumbler.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    store.close().await;
+    assert!(path.is_file());
+}
+
+#[tokio::test]
+async fn the_database_is_in_wal_mode() {
+    let (_dir, path) = db();
+    SqliteStore::open(&path).await.unwrap().close().await;
+    // WAL mode is recorded in the file, so a plain connection sees it once the store is
+    // closed.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let mode: String = conn.query_row("PRAGMA journal_mode", [], |row| row.get(0)).unwrap();
+    assert_eq!(mode, "wal");
+}
+
+#[tokio::test]
+async fn a_second_store_cannot_open_a_database_in_use() {
+    let (_dir, path) = db();
+    let first = SqliteStore::open(&path).await.unwrap();
+    // Waits out the busy timeout (a few seconds), then gives up.
+    let err = SqliteStore::open(&path).await.err().expect("a database in use is refused");
+    assert!(matches!(&err, StoreError::Io(m) if m.contains("in use")), "{err:?}");
+    first.close().await;
+    SqliteStore::open(&path).await.expect("free again once closed").close().await;
 }
 
 #[tokio::test]
@@ -109,5 +311,5 @@ async fn a_path_that_cannot_be_created_is_an_error() {
     let file = dir.path().join("file");
     std::fs::write(&file, b"not a directory").unwrap();
     let err = SqliteStore::open(&file.join("t.db")).await.err().expect("opening under a file fails");
-    assert!(matches!(err, tumbler_server::store::StoreError::Io(_)), "{err:?}");
+    assert!(matches!(err, StoreError::Io(_)), "{err:?}");
 }
