@@ -9,6 +9,7 @@ pub mod api;
 pub mod config;
 pub mod key;
 pub mod metrics;
+pub mod openapi;
 mod server;
 pub mod state;
 pub mod store;

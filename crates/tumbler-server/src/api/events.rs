@@ -26,11 +26,13 @@ use super::error::ApiError;
 use super::extract::{PathParams, QueryParams};
 use super::wire::EventsQuery;
 use crate::key::LockKey;
+use crate::openapi::ErrorBody;
 use crate::state::{AppState, StreamSlot};
 
 /// `{ns}`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 pub struct NamespacePath {
+    /// The namespace.
     ns: String,
 }
 
@@ -52,6 +54,28 @@ impl Filter {
 }
 
 /// Opens the stream.
+#[utoipa::path(
+    get,
+    path = "/v1/namespaces/{ns}/events",
+    operation_id = "watch_events",
+    summary = "Watch a namespace's changes (SSE)",
+    tag = "events",
+    params(
+        NamespacePath,
+        EventsQuery,
+        ("Last-Event-ID" = Option<u64>, Header, nullable = false, description = "Resume after this revision (the `id` of the last event seen): the events after it still in the replay buffer are sent first. When it is older than the buffer, the stream starts with a `reset` event."),
+    ),
+    responses(
+        (status = 200, content_type = "text/event-stream", body = String, description = "Server-Sent Events, live until the client goes or the server stops. \
+            Each change is `event: <acquired|released|expired|cancelled>`, `id: <revision>`, `data: <LockEvent as JSON>`. \
+            When changes were missed (a `Last-Event-ID` older than the replay buffer, or a client too slow to keep up), \
+            one `event: reset` with `data: <ResetEvent as JSON>` comes first: re-read the state you care about. \
+            A comment line keeps the connection alive every 15 s."),
+        (status = 400, description = "`invalid_argument`: a bad namespace, a `Last-Event-ID` that is not a revision, or an unknown or malformed query parameter.", body = ErrorBody),
+        (status = 429, description = "`limit_exceeded`: as many event streams are open as the server allows.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: this server records no events, or the stream is not available.", body = ErrorBody),
+    )
+)]
 pub async fn events(
     State(state): State<AppState>,
     PathParams(path): PathParams<NamespacePath>,

@@ -14,13 +14,17 @@ use super::locks;
 use super::parse;
 use super::wire::{AcquireFields, Gs2Item, Gs2Items, Gs2Lock, Gs2Mutex, Gs2Unlock};
 use crate::key::LockKey;
+use crate::openapi::ErrorBody;
 use crate::state::{AppState, Shared};
 
 /// `{ns}/users/{user}/mutexes/{property_id}`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 pub struct MutexPath {
+    /// The namespace.
     ns: String,
+    /// The user the mutex belongs to.
     user: String,
+    /// The mutex's property id: one path segment, percent-encoded.
     property_id: String,
 }
 
@@ -31,13 +35,28 @@ impl MutexPath {
 }
 
 /// `{ns}/users/{user}`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 pub struct UserPath {
+    /// The namespace.
     ns: String,
+    /// The user.
     user: String,
 }
 
 /// `GET .../mutexes/{property_id}`: 404 `not_held` when unlocked.
+#[utoipa::path(
+    get,
+    path = "/v1/namespaces/{ns}/users/{user}/mutexes/{property_id}",
+    operation_id = "get_mutex",
+    summary = "A GS2 mutex",
+    tag = "gs2",
+    params(MutexPath),
+    responses(
+        (status = 200, description = "The mutex and its holder.", body = Gs2Item),
+        (status = 400, description = "`invalid_argument`: a bad namespace, user or property id.", body = ErrorBody),
+        (status = 404, description = "`not_held`: the mutex is unlocked.", body = ErrorBody),
+    )
+)]
 pub async fn get(
     State(state): State<AppState>,
     PathParams(path): PathParams<MutexPath>,
@@ -49,6 +68,24 @@ pub async fn get(
 
 /// `POST .../mutexes/{property_id}/lock`: the same `transactionId` re-enters, another is
 /// 409 `busy`. Never waits.
+#[utoipa::path(
+    post,
+    path = "/v1/namespaces/{ns}/users/{user}/mutexes/{property_id}/lock",
+    operation_id = "lock_mutex",
+    summary = "Lock a GS2 mutex",
+    description = "The same `transactionId` re-enters; another is 409 `busy`. `ttl` is in seconds. Never waits.",
+    tag = "gs2",
+    params(MutexPath),
+    request_body = Gs2Lock,
+    responses(
+        (status = 200, description = "Locked (or re-entered by the same `transactionId`); the mutex as it is now.", body = Gs2Item),
+        (status = 400, description = "`invalid_argument`: a bad `transactionId` or `ttl` (zero, or over the bound), a bad namespace, user or property id, an unknown field or malformed JSON.", body = ErrorBody),
+        (status = 409, description = "`busy`: another `transactionId` holds the mutex.", body = ErrorBody),
+        (status = 413, description = "`limit_exceeded`: the body is larger than the server accepts.", body = ErrorBody),
+        (status = 429, description = "`limit_exceeded`: a quota of the server (keys per namespace).", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the store could not write (the lock is undone) or the server is shutting down.", body = ErrorBody),
+    )
+)]
 pub async fn lock(
     State(state): State<AppState>,
     PathParams(path): PathParams<MutexPath>,
@@ -67,6 +104,23 @@ pub async fn lock(
 }
 
 /// `POST .../mutexes/{property_id}/unlock`: one level; answers the mutex as it was.
+#[utoipa::path(
+    post,
+    path = "/v1/namespaces/{ns}/users/{user}/mutexes/{property_id}/unlock",
+    operation_id = "unlock_mutex",
+    summary = "Unlock a GS2 mutex (one level)",
+    tag = "gs2",
+    params(MutexPath),
+    request_body = Gs2Unlock,
+    responses(
+        (status = 200, description = "One level released; the mutex as it was before.", body = Gs2Item),
+        (status = 400, description = "`invalid_argument`: a bad `transactionId`, a bad namespace, user or property id, an unknown field or malformed JSON.", body = ErrorBody),
+        (status = 404, description = "`not_held`: the mutex is unlocked.", body = ErrorBody),
+        (status = 409, description = "`not_owner`: another `transactionId` holds the mutex.", body = ErrorBody),
+        (status = 413, description = "`limit_exceeded`: the body is larger than the server accepts.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the store could not write.", body = ErrorBody),
+    )
+)]
 pub async fn unlock(
     State(state): State<AppState>,
     PathParams(path): PathParams<MutexPath>,
@@ -82,6 +136,18 @@ pub async fn unlock(
 }
 
 /// `GET .../users/{user}/mutexes`: the user's held mutexes, by property id.
+#[utoipa::path(
+    get,
+    path = "/v1/namespaces/{ns}/users/{user}/mutexes",
+    operation_id = "list_mutexes",
+    summary = "A user's GS2 mutexes",
+    tag = "gs2",
+    params(UserPath),
+    responses(
+        (status = 200, description = "The user's held mutexes, by property id (no paging).", body = Gs2Items),
+        (status = 400, description = "`invalid_argument`: a bad namespace.", body = ErrorBody),
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     PathParams(path): PathParams<UserPath>,

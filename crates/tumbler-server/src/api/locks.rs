@@ -15,12 +15,15 @@ use super::wire::{
     Refresh, RefreshAnswer, Release, StatusAnswer,
 };
 use crate::key::LockKey;
+use crate::openapi::ErrorBody;
 use crate::state::{AppState, Shared};
 
 /// `{ns}/locks/{key}` path parameters.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 pub struct LockPath {
+    /// The namespace.
     ns: String,
+    /// The lock's key: one path segment, percent-encoded.
     key: String,
 }
 
@@ -31,12 +34,33 @@ impl LockPath {
 }
 
 /// `{ns}` path parameter.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 pub struct NamespacePath {
+    /// The namespace.
     ns: String,
 }
 
 /// `POST /v1/namespaces/{ns}/locks/{key}/acquire`.
+#[utoipa::path(
+    post,
+    path = "/v1/namespaces/{ns}/locks/{key}/acquire",
+    operation_id = "acquire_lock",
+    summary = "Acquire a lock",
+    description = "Acquires `key` in `mode` for `owner`, bound to a session or a TTL. With `wait_ms` above 0 the request waits (long-polls) up to that long in the key's fair FIFO queue; a client that disconnects cancels its wait. A retried request with the same `request_id` counts once.",
+    tag = "locks",
+    params(LockPath),
+    request_body(content = AcquireFields, description = "`owner` is generated when absent; one of `session` / `ttl_ms` is required; `wait_ms` 0 (default) is a try, otherwise a long-poll up to that bound. An empty body reads as `{}`."),
+    responses(
+        (status = 200, description = "The hold.", body = HoldAnswer),
+        (status = 400, description = "`invalid_argument`: a bad field (owner, mode, limit, ttl_ms, wait_ms, request_id, session), neither `session` nor `ttl_ms`, a bad namespace or key, an unknown field or malformed JSON.", body = ErrorBody),
+        (status = 404, description = "`session_expired`: this server never issued the `session`.", body = ErrorBody),
+        (status = 409, description = "`busy` (held incompatibly and `wait_ms` is 0; `details.holders` names the holders), `timeout` (the wait ran out) or `deadlock` (waiting would close a cycle; `details.cycle` names the owners).", body = ErrorBody),
+        (status = 410, description = "`session_expired`: the `session` has ended.", body = ErrorBody),
+        (status = 413, description = "`limit_exceeded`: the body is larger than the server accepts.", body = ErrorBody),
+        (status = 429, description = "`limit_exceeded`: a quota of the server (waiters per key, holds per session, keys per namespace); `details` names it and its `max`.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the store could not write (the grant is undone) or the server is shutting down.", body = ErrorBody),
+    )
+)]
 pub async fn acquire_one(
     State(state): State<AppState>,
     PathParams(path): PathParams<LockPath>,
@@ -48,6 +72,25 @@ pub async fn acquire_one(
 }
 
 /// `POST /v1/namespaces/{ns}/acquire`.
+#[utoipa::path(
+    post,
+    path = "/v1/namespaces/{ns}/acquire",
+    operation_id = "acquire_locks",
+    summary = "Acquire several locks, all or none",
+    tag = "locks",
+    params(NamespacePath),
+    request_body(content = AcquireAll, description = "All the keys or none, with the fields of a single acquire. `keys` must name 1 to the configured bound of keys."),
+    responses(
+        (status = 200, description = "One hold per key, in the order asked.", body = HoldsAnswer),
+        (status = 400, description = "`invalid_argument`: a bad field (owner, mode, limit, ttl_ms, wait_ms, request_id, session), neither `session` nor `ttl_ms`, a bad namespace or key, an unknown field or malformed JSON.", body = ErrorBody),
+        (status = 404, description = "`session_expired`: this server never issued the `session`.", body = ErrorBody),
+        (status = 409, description = "`busy` (held incompatibly and `wait_ms` is 0; `details.holders` names the holders), `timeout` (the wait ran out) or `deadlock` (waiting would close a cycle; `details.cycle` names the owners).", body = ErrorBody),
+        (status = 410, description = "`session_expired`: the `session` has ended.", body = ErrorBody),
+        (status = 413, description = "`limit_exceeded`: the body is larger than the server accepts.", body = ErrorBody),
+        (status = 429, description = "`limit_exceeded`: a quota of the server (waiters per key, holds per session, keys per namespace); `details` names it and its `max`.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the store could not write (the grant is undone) or the server is shutting down.", body = ErrorBody),
+    )
+)]
 pub async fn acquire_all(
     State(state): State<AppState>,
     PathParams(path): PathParams<NamespacePath>,
@@ -155,6 +198,23 @@ pub fn names(key: &LockKey) -> (String, String) {
 }
 
 /// `POST /v1/namespaces/{ns}/locks/{key}/release`.
+#[utoipa::path(
+    post,
+    path = "/v1/namespaces/{ns}/locks/{key}/release",
+    operation_id = "release_lock",
+    summary = "Release one level of a hold",
+    tag = "locks",
+    params(LockPath),
+    request_body = Release,
+    responses(
+        (status = 200, description = "One level released; the levels the owner still holds.", body = CountAnswer),
+        (status = 400, description = "`invalid_argument`: a bad owner, mode or limit (or `mode` is needed because the owner holds the key in several), a bad namespace or key, an unknown field or malformed JSON.", body = ErrorBody),
+        (status = 404, description = "`not_held`: the owner holds no such hold (or not with that `fencing_token`).", body = ErrorBody),
+        (status = 409, description = "`not_owner`: others hold the key, not this owner.", body = ErrorBody),
+        (status = 413, description = "`limit_exceeded`: the body is larger than the server accepts.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the store could not write.", body = ErrorBody),
+    )
+)]
 pub async fn release(
     State(state): State<AppState>,
     PathParams(path): PathParams<LockPath>,
@@ -170,6 +230,23 @@ pub async fn release(
 }
 
 /// `POST /v1/namespaces/{ns}/locks/{key}/refresh`.
+#[utoipa::path(
+    post,
+    path = "/v1/namespaces/{ns}/locks/{key}/refresh",
+    operation_id = "refresh_lock",
+    summary = "Extend a TTL hold",
+    tag = "locks",
+    params(LockPath),
+    request_body = Refresh,
+    responses(
+        (status = 200, description = "The hold's TTL now runs `ttl_ms` from now.", body = RefreshAnswer),
+        (status = 400, description = "`invalid_argument`: a bad owner, `ttl_ms`, mode or limit, a bad namespace or key, an unknown field or malformed JSON.", body = ErrorBody),
+        (status = 404, description = "`not_held`: the owner holds no such hold (or not with that `fencing_token`).", body = ErrorBody),
+        (status = 409, description = "`not_owner`: others hold the key, not this owner.", body = ErrorBody),
+        (status = 413, description = "`limit_exceeded`: the body is larger than the server accepts.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the store could not write.", body = ErrorBody),
+    )
+)]
 pub async fn refresh(
     State(state): State<AppState>,
     PathParams(path): PathParams<LockPath>,
@@ -185,6 +262,19 @@ pub async fn refresh(
 }
 
 /// `GET /v1/namespaces/{ns}/locks/{key}`: 404 `not_held` when free.
+#[utoipa::path(
+    get,
+    path = "/v1/namespaces/{ns}/locks/{key}",
+    operation_id = "get_lock",
+    summary = "A lock's holders and waiters",
+    tag = "locks",
+    params(LockPath),
+    responses(
+        (status = 200, description = "Who holds the key and how many wait.", body = StatusAnswer),
+        (status = 400, description = "`invalid_argument`: a bad namespace or key.", body = ErrorBody),
+        (status = 404, description = "`not_held`: the key is free.", body = ErrorBody),
+    )
+)]
 pub async fn status(
     State(state): State<AppState>,
     PathParams(path): PathParams<LockPath>,
@@ -219,6 +309,19 @@ fn holder_answer(state: &Shared, h: &HolderStatus) -> HolderAnswer {
 }
 
 /// `GET /v1/namespaces/{ns}/locks?prefix=&limit=&after=`: held locks in key order.
+#[utoipa::path(
+    get,
+    path = "/v1/namespaces/{ns}/locks",
+    operation_id = "list_locks",
+    summary = "List held locks",
+    description = "Held locks of the namespace in key order, a page at a time: pass the answer's `next_after` as `after` for the next page.",
+    tag = "locks",
+    params(NamespacePath, ListQuery),
+    responses(
+        (status = 200, description = "A page of held locks in key order.", body = ListAnswer),
+        (status = 400, description = "`invalid_argument`: a bad namespace, a `limit` outside 1 to the page bound, or an unknown or malformed query parameter.", body = ErrorBody),
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     PathParams(path): PathParams<NamespacePath>,
@@ -249,6 +352,21 @@ pub async fn list(
 
 /// `DELETE /v1/namespaces/{ns}/locks/{key}`: ends every hold of the key (their owners'
 /// clients see `not_held` from then on). 404 `not_held` when nobody held it.
+#[utoipa::path(
+    delete,
+    path = "/v1/namespaces/{ns}/locks/{key}",
+    operation_id = "force_release_lock",
+    summary = "Force-release a lock (admin)",
+    description = "Ends every hold of the key; their owners see `not_held` from then on.",
+    tag = "locks",
+    params(LockPath),
+    responses(
+        (status = 200, description = "Every hold of the key has ended (an admin operation).", body = ForceAnswer),
+        (status = 400, description = "`invalid_argument`: a bad namespace or key.", body = ErrorBody),
+        (status = 404, description = "`not_held`: nobody held the key.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the store could not write.", body = ErrorBody),
+    )
+)]
 pub async fn force_release(
     State(state): State<AppState>,
     PathParams(path): PathParams<LockPath>,

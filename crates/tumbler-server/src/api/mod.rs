@@ -1,13 +1,13 @@
 //! The HTTP API of DESIGN.md §4: routes, handlers, and the one error shape.
 
 pub mod error;
-mod events;
+pub(crate) mod events;
 pub mod extract;
-mod gs2;
-mod locks;
-mod ops;
+pub(crate) mod gs2;
+pub(crate) mod locks;
+pub(crate) mod ops;
 mod parse;
-mod sessions;
+pub(crate) mod sessions;
 pub mod wire;
 
 use std::time::Instant;
@@ -47,6 +47,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))
         .route("/", get(ops::dashboard))
+        .route("/openapi.json", get(crate::openapi::serve))
         .fallback(|| async { ApiError::no_route() })
         .method_not_allowed_fallback(|| async {
             ApiError {

@@ -11,10 +11,26 @@ use super::error::ApiError;
 use super::extract::{Body, PathParams};
 use super::parse;
 use super::wire::{OpenSession, SessionAnswer};
+use crate::openapi::{EmptyAnswer, ErrorBody};
 use crate::state::{AppState, Shared};
 use crate::store::{Change, SessionRecord};
 
 /// `POST /v1/sessions`.
+#[utoipa::path(
+    post,
+    path = "/v1/sessions",
+    operation_id = "open_session",
+    summary = "Open a session lease",
+    tag = "sessions",
+    request_body = OpenSession,
+    responses(
+        (status = 200, description = "The session is open.", body = SessionAnswer),
+        (status = 400, description = "`invalid_argument`: a bad `ttl_ms` (zero or over the bound), a too long `label`, an unknown field or malformed JSON.", body = ErrorBody),
+        (status = 413, description = "`limit_exceeded`: the body is larger than the server accepts.", body = ErrorBody),
+        (status = 429, description = "`limit_exceeded`: as many sessions are open as the server allows.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the store could not write; the session was not opened.", body = ErrorBody),
+    )
+)]
 pub async fn open(
     State(state): State<AppState>,
     Body(body): Body<OpenSession>,
@@ -36,6 +52,21 @@ pub async fn open(
 }
 
 /// `POST /v1/sessions/{id}/keepalive`: 410 once the session has ended.
+#[utoipa::path(
+    post,
+    path = "/v1/sessions/{id}/keepalive",
+    operation_id = "keepalive_session",
+    summary = "Renew a session lease",
+    description = "Renews the lease from now. 410 once the session has ended.",
+    tag = "sessions",
+    params(("id" = String, Path, description = "The session id, as `POST /v1/sessions` answered it.")),
+    responses(
+        (status = 200, description = "The lease is renewed from now.", body = SessionAnswer),
+        (status = 400, description = "`invalid_argument`: the id is not a session id.", body = ErrorBody),
+        (status = 404, description = "`session_expired`: this server never issued that id.", body = ErrorBody),
+        (status = 410, description = "`session_expired`: the session has ended (closed, or its lease ran out).", body = ErrorBody),
+    )
+)]
 pub async fn keepalive(
     State(state): State<AppState>,
     PathParams(id): PathParams<String>,
@@ -47,6 +78,22 @@ pub async fn keepalive(
 }
 
 /// `DELETE /v1/sessions/{id}`: ends it, releasing all its holds and cancelling its waits.
+#[utoipa::path(
+    delete,
+    path = "/v1/sessions/{id}",
+    operation_id = "close_session",
+    summary = "End a session",
+    description = "Ends the session, releasing all its holds and cancelling its waits.",
+    tag = "sessions",
+    params(("id" = String, Path, description = "The session id, as `POST /v1/sessions` answered it.")),
+    responses(
+        (status = 200, description = "The session has ended; its holds are released and its waits cancelled.", body = EmptyAnswer),
+        (status = 400, description = "`invalid_argument`: the id is not a session id.", body = ErrorBody),
+        (status = 404, description = "`session_expired`: this server never issued that id.", body = ErrorBody),
+        (status = 410, description = "`session_expired`: the session has already ended.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the store could not write.", body = ErrorBody),
+    )
+)]
 pub async fn close(State(state): State<AppState>, PathParams(id): PathParams<String>) -> Result<Json<Value>, ApiError> {
     let id = parse::session(&state, &id)?;
     state.engine.end_session(id)?;

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// `POST /v1/sessions`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OpenSession {
     /// The lease: the session ends this long after its last keep-alive.
@@ -13,7 +13,7 @@ pub struct OpenSession {
 }
 
 /// A session's lease.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SessionAnswer {
     /// The session id (an opaque string).
     pub id: String,
@@ -27,7 +27,7 @@ pub struct SessionAnswer {
 }
 
 /// The fields of an acquire, for one key or several.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AcquireFields {
     /// Who acquires; generated when absent (and returned).
@@ -47,7 +47,7 @@ pub struct AcquireFields {
 }
 
 /// `POST /v1/namespaces/{ns}/acquire`: the fields of an acquire, and the keys.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AcquireAll {
     /// The keys, all or none.
@@ -85,7 +85,7 @@ impl AcquireAll {
 }
 
 /// The answer to an acquire, per key.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HoldAnswer {
     /// The namespace.
     pub namespace: String,
@@ -109,14 +109,14 @@ pub struct HoldAnswer {
 }
 
 /// `{holds: [...]}`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HoldsAnswer {
     /// One answer per key, in the order asked.
     pub holds: Vec<HoldAnswer>,
 }
 
 /// `POST .../release`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Release {
     /// Whose hold.
@@ -131,14 +131,14 @@ pub struct Release {
 }
 
 /// `{count}` left after a release.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CountAnswer {
     /// Levels the owner still holds.
     pub count: u32,
 }
 
 /// `POST .../refresh`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Refresh {
     /// Whose hold.
@@ -152,14 +152,14 @@ pub struct Refresh {
 }
 
 /// The new expiry.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RefreshAnswer {
     /// Unix ms.
     pub expires_at_ms: u64,
 }
 
 /// One holder in a status.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HolderAnswer {
     /// Owner.
     pub owner: String,
@@ -174,7 +174,7 @@ pub struct HolderAnswer {
 }
 
 /// `GET .../locks/{key}`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StatusAnswer {
     /// The namespace.
     pub namespace: String,
@@ -192,7 +192,8 @@ pub struct StatusAnswer {
 }
 
 /// `GET .../locks?prefix=&limit=&after=`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Only keys starting with this.
@@ -204,7 +205,7 @@ pub struct ListQuery {
 }
 
 /// A page of held locks.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ListAnswer {
     /// Statuses in key order.
     pub items: Vec<StatusAnswer>,
@@ -213,14 +214,15 @@ pub struct ListAnswer {
 }
 
 /// `DELETE .../locks/{key}`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ForceAnswer {
     /// How many holds were ended.
     pub released: usize,
 }
 
 /// `GET .../events?prefix=`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
     /// Only keys starting with this.
@@ -228,7 +230,7 @@ pub struct EventsQuery {
 }
 
 /// GS2 `lock`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Gs2Lock {
     /// Re-enters when the same, conflicts (409 `busy`) when another.
@@ -238,7 +240,7 @@ pub struct Gs2Lock {
 }
 
 /// GS2 `unlock`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Gs2Unlock {
     /// The holder.
@@ -246,7 +248,7 @@ pub struct Gs2Unlock {
 }
 
 /// GS2's view of one mutex.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Gs2Mutex {
     /// A stable id of the mutex.
@@ -260,14 +262,14 @@ pub struct Gs2Mutex {
 }
 
 /// `{"item": ...}`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Gs2Item {
     /// The mutex.
     pub item: Gs2Mutex,
 }
 
 /// `{"items": [...]}`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Gs2Items {
     /// The user's held mutexes, by property id.
     pub items: Vec<Gs2Mutex>,
