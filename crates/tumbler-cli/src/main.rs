@@ -33,6 +33,9 @@ enum Command {
         #[arg(long = "lock-delay", value_parser = parse_lock_delay)]
         lock_delays: Vec<(String, Duration)>,
     },
+    /// Drives load at a lock server (one started in-process, or `--url`) and prints
+    /// throughput and latency percentiles per scenario.
+    Bench(tumbler_bench::BenchArgs),
 }
 
 #[tokio::main]
@@ -51,6 +54,13 @@ async fn main() -> ExitCode {
             let lock_delays = lock_delays.into_iter().collect();
             serve(ServerConfig { listen, store, lock_delays, ..ServerConfig::default() }).await
         }
+        Command::Bench(args) => match tumbler_bench::run(args).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tumbler bench: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
