@@ -61,7 +61,9 @@ impl LockKey {
     }
 }
 
-fn rename(e: Error, field: &'static str) -> Error {
+/// `e` with its field renamed to `field`, when it is an `invalid_argument`: a value the
+/// core checks under one name may reach the API under another.
+pub(crate) fn rename(e: Error, field: &'static str) -> Error {
     match e {
         Error::InvalidArgument { reason, .. } => Error::InvalidArgument { field, reason },
         other => other,

@@ -58,6 +58,17 @@ impl ApiError {
         }
     }
 
+    /// 413 `limit_exceeded`: the request asks for more of something (`limit`, e.g. keys)
+    /// than one request may; like an oversized body, it is the request that is too large.
+    pub fn request_too_large(limit: &str, max: usize) -> Self {
+        ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            code: "limit_exceeded",
+            message: format!("limit exceeded: {limit} (at most {max})"),
+            details: json!({ "limit": limit, "max": max }),
+        }
+    }
+
     /// 429 `limit_exceeded` for a bound of the server itself.
     pub fn quota(limit: &str, max: usize) -> Self {
         ApiError {

@@ -2,30 +2,29 @@
 //! 400/415/422): bodies, path segments and query strings.
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::extract::{FromRef, FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
+use crate::state::AppState;
 
 /// A JSON body. Any content type is accepted (so `curl -d` works); an empty body reads as
 /// `{}`. Wrong types, unknown fields and malformed JSON are 400 `invalid_argument` naming
 /// the field; a body over the limit is 413 `limit_exceeded`.
 pub struct Body<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T>
+where
+    AppState: FromRef<S>,
+{
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError {
-                    status: StatusCode::PAYLOAD_TOO_LARGE,
-                    code: "limit_exceeded",
-                    message: "the request body is too large".into(),
-                    details: serde_json::json!({ "limit": "body_bytes" }),
-                }
+                ApiError::body_too_large(AppState::from_ref(state).config.limits.max_body_bytes)
             } else {
                 ApiError::invalid("body", e.body_text())
             }

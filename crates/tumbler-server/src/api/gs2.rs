@@ -92,6 +92,7 @@ pub async fn lock(
     Body(body): Body<Gs2Lock>,
 ) -> Result<Json<Gs2Item>, ApiError> {
     let key = path.key()?;
+    parse::owner_in("transactionId", &body.transaction_id)?;
     let ttl_ms = body.ttl.checked_mul(1000).ok_or_else(|| ApiError::invalid("ttl", "too large"))?;
     if body.ttl == 0 {
         return Err(ApiError::invalid("ttl", "must be at least one second"));
@@ -127,10 +128,9 @@ pub async fn unlock(
     Body(body): Body<Gs2Unlock>,
 ) -> Result<Json<Gs2Item>, ApiError> {
     let key = path.key()?;
-    let owner = parse::owner(&body.transaction_id)?;
+    let owner = parse::owner_in("transactionId", &body.transaction_id)?;
     let before = state.held(&key).ok_or(Error::NotHeld)?;
     state.engine.release(&key, &owner, Some(Mode::Exclusive), None)?;
-    state.metrics.releases.inc();
     state.persist(std::slice::from_ref(&key), Vec::new(), 0).await?;
     Ok(Json(Gs2Item { item: view(&state, &key, &before) }))
 }
@@ -145,7 +145,7 @@ pub async fn unlock(
     params(UserPath),
     responses(
         (status = 200, description = "The user's held mutexes, by property id (no paging).", body = Gs2Items),
-        (status = 400, description = "`invalid_argument`: a bad namespace.", body = ErrorBody),
+        (status = 400, description = "`invalid_argument`: a bad namespace or user.", body = ErrorBody),
     )
 )]
 pub async fn list(
@@ -153,6 +153,7 @@ pub async fn list(
     PathParams(path): PathParams<UserPath>,
 ) -> Result<Json<Gs2Items>, ApiError> {
     tumbler_core::validate_namespace(&path.ns)?;
+    tumbler_core::validate_name(&path.user).map_err(|e| crate::key::rename(e, "user"))?;
     let mut keys = state.engine.held_keys(
         |k| matches!(k, LockKey::Mutex { namespace, user, .. } if **namespace == *path.ns && **user == *path.user),
     );

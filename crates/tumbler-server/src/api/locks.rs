@@ -79,14 +79,14 @@ pub async fn acquire_one(
     summary = "Acquire several locks, all or none",
     tag = "locks",
     params(NamespacePath),
-    request_body(content = AcquireAll, description = "All the keys or none, with the fields of a single acquire. `keys` must name 1 to the configured bound of keys."),
+    request_body(content = AcquireAll, description = "All the keys or none, with the fields of a single acquire. `keys` names 1 to `max_keys_per_request` distinct keys."),
     responses(
         (status = 200, description = "One hold per key, in the order asked.", body = HoldsAnswer),
-        (status = 400, description = "`invalid_argument`: a bad field (owner, mode, limit, ttl_ms, wait_ms, request_id, session), neither `session` nor `ttl_ms`, a bad namespace or key, an unknown field or malformed JSON.", body = ErrorBody),
+        (status = 400, description = "`invalid_argument`: a bad field (owner, mode, limit, ttl_ms, wait_ms, request_id, session), neither `session` nor `ttl_ms`, a bad namespace or key, no key or a key named twice, an unknown field or malformed JSON.", body = ErrorBody),
         (status = 404, description = "`session_expired`: this server never issued the `session`.", body = ErrorBody),
         (status = 409, description = "`busy` (held incompatibly and `wait_ms` is 0; `details.holders` names the holders), `timeout` (the wait ran out) or `deadlock` (waiting would close a cycle; `details.cycle` names the owners).", body = ErrorBody),
         (status = 410, description = "`session_expired`: the `session` has ended.", body = ErrorBody),
-        (status = 413, description = "`limit_exceeded`: the body is larger than the server accepts.", body = ErrorBody),
+        (status = 413, description = "`limit_exceeded`: the body is larger than the server accepts, or more keys than `max_keys_per_request` (`details.limit` says which, `details.max` the bound).", body = ErrorBody),
         (status = 429, description = "`limit_exceeded`: a quota of the server (waiters per key, holds per session, keys per namespace); `details` names it and its `max`.", body = ErrorBody),
         (status = 503, description = "`unavailable`: the store could not write (the grant is undone) or the server is shutting down.", body = ErrorBody),
     )
@@ -102,9 +102,15 @@ pub async fn acquire_all(
         return Err(ApiError::invalid("keys", "at least one key is required"));
     }
     if names.len() > max {
-        return Err(ApiError::invalid("keys", format!("at most {max} keys per request")));
+        return Err(ApiError::request_too_large("keys_per_request", max));
     }
     let keys = names.iter().map(|n| LockKey::lock(&path.ns, n)).collect::<Result<SmallVec<_>, _>>()?;
+    // The answer pairs `holds[i]` with `keys[i]`; the core would fold a repeated key into
+    // one hold and break that pairing, so a repeat is the client's mistake to hear about.
+    let mut seen = std::collections::HashSet::with_capacity(names.len());
+    if let Some(repeated) = names.iter().find(|n| !seen.insert(n.as_str())) {
+        return Err(ApiError::invalid("keys", format!("key {repeated:?} is named more than once")));
+    }
     Ok(Json(HoldsAnswer { holds: acquire(&state, keys, fields).await? }))
 }
 
@@ -224,7 +230,6 @@ pub async fn release(
     let owner = parse::owner(&body.owner)?;
     let mode = parse::hold_mode(body.mode.as_deref(), body.limit)?;
     let count = state.engine.release(&key, &owner, mode, body.fencing_token)?;
-    state.metrics.releases.inc();
     state.persist(std::slice::from_ref(&key), Vec::new(), 0).await?;
     Ok(Json(CountAnswer { count }))
 }
@@ -287,7 +292,10 @@ pub async fn status(
 /// A key's status as the API shows it.
 pub fn status_answer(state: &Shared, key: &LockKey, status: &KeyStatus) -> StatusAnswer {
     let (namespace, name) = names(key);
-    let mode = status.holders.first().map_or(Mode::Exclusive, |h| h.holder.mode);
+    // The key is as strong as its strongest hold: after an upgrade the owner holds it both
+    // shared and exclusive, and to everyone else it is exclusive.
+    let modes = || status.holders.iter().map(|h| h.holder.mode);
+    let mode = modes().find(|m| *m == Mode::Exclusive).or_else(|| modes().next()).unwrap_or(Mode::Exclusive);
     StatusAnswer {
         namespace,
         key: name,
@@ -301,6 +309,7 @@ pub fn status_answer(state: &Shared, key: &LockKey, status: &KeyStatus) -> Statu
 fn holder_answer(state: &Shared, h: &HolderStatus) -> HolderAnswer {
     HolderAnswer {
         owner: h.holder.owner.as_str().to_owned(),
+        mode: h.holder.mode.name().to_owned(),
         count: h.holder.count,
         fencing_token: h.holder.fencing_token,
         session: h.session.map(|s| s.0.to_string()),

@@ -45,7 +45,13 @@ pub fn hold_mode(name: Option<&str>, limit: Option<u32>) -> Result<Option<Mode>,
 
 /// An owner id.
 pub fn owner(id: &str) -> Result<OwnerId, ApiError> {
-    Ok(OwnerId::new(id)?)
+    owner_in("owner", id)
+}
+
+/// An owner id sent under another name (GS2's `transactionId`): a bad one is a 400
+/// naming the field the client actually sent.
+pub fn owner_in(field: &'static str, id: &str) -> Result<OwnerId, ApiError> {
+    Ok(OwnerId::new(id).map_err(|e| crate::key::rename(e, field))?)
 }
 
 /// A session id the server issued: 400 when malformed, 404 when never issued.

@@ -163,6 +163,9 @@ pub struct RefreshAnswer {
 pub struct HolderAnswer {
     /// Owner.
     pub owner: String,
+    /// The mode of this hold: an owner that converted a shared hold to exclusive is listed
+    /// once per mode it holds.
+    pub mode: String,
     /// Re-entry count.
     pub count: u32,
     /// Fencing token.
