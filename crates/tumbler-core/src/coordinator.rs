@@ -286,7 +286,12 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
         let owner = pending.owner.clone();
         self.waits_by_owner.entry(owner.clone()).or_default().push(request);
         self.pending.insert(request, pending);
-        if let Some(cycle) = self.find_cycle(shards, &owner) {
+        // A new wait closes a cycle only if someone already waits for its owner.
+        let cycle = match self.may_be_waited_for(shards, &owner) {
+            true => self.find_cycle(shards, &owner),
+            false => None,
+        };
+        if let Some(cycle) = cycle {
             self.unqueue(shards, request, now);
             return Err(Error::Deadlock { cycle });
         }
@@ -1067,6 +1072,26 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
         Some(path)
     }
 
+    /// Whether any edge of the wait-for graph may end at `owner`. None can when it holds
+    /// nothing and each of its queued requests is the last entry of its queues, since an
+    /// owner is waited for only through its holds and its earlier queue entries. (Holds are
+    /// read from the shards' owner indexes, so callers that place hypothetical holds
+    /// without indexing them must not rely on this.) That is
+    /// the case of every plain wait on a hot key, so this turns what would be a search
+    /// through the whole queue, per arrival, into one look at each queue's tail and at each
+    /// shard's owner index.
+    fn may_be_waited_for(&self, shards: &mut dyn Shards<K>, owner: &OwnerId) -> bool {
+        for request in self.waits_by_owner.get(owner).into_iter().flatten() {
+            for key in &self.pending[request].keys {
+                let ks = self.key_state(shards, key).expect("BUG: queued on an absent key");
+                if ks.queue.back().is_none_or(|e| e.request != *request) {
+                    return true;
+                }
+            }
+        }
+        (0..shards.count()).any(|i| shards.get(i).owners.contains_key(owner))
+    }
+
     /// A path `from -> ... -> t` in the wait-for graph ending at the first owner `t` of
     /// `targets` it reaches (both ends included), or `None` when no target is reachable.
     fn path_to_any(&self, shards: &mut dyn Shards<K>, from: &OwnerId, targets: &[OwnerId]) -> Option<Vec<OwnerId>> {
@@ -1078,7 +1103,8 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
         if !first.iter().any(|b| targets.iter().any(|t| t.same(b)) || self.waits_by_owner.contains_key(b)) {
             return None;
         }
-        let mut visited: Vec<OwnerId> = vec![from.clone()];
+        let mut visited: crate::hash::Set<OwnerId> = crate::hash::Set::default();
+        visited.insert(from.clone());
         // Depth-first, keeping the path: (owner, its blockers, next blocker to follow).
         let mut stack: Vec<(OwnerId, Vec<OwnerId>, usize)> = vec![(from.clone(), first, 0)];
         while let Some((_, blockers, next)) = stack.last_mut() {
@@ -1092,10 +1118,9 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
                 path.push(blocker);
                 return Some(path);
             }
-            if visited.iter().any(|v| v.same(&blocker)) {
+            if !visited.insert(blocker.clone()) {
                 continue;
             }
-            visited.push(blocker.clone());
             let further = self.blockers_of(shards, &blocker);
             stack.push((blocker, further, 0));
         }

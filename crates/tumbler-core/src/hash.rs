@@ -7,3 +7,6 @@
 
 /// A hash map with a fast, randomly seeded hasher.
 pub(crate) type Map<K, V> = std::collections::HashMap<K, V, foldhash::quality::RandomState>;
+
+/// A hash set with the same hasher as [`Map`].
+pub(crate) type Set<K> = std::collections::HashSet<K, foldhash::quality::RandomState>;
