@@ -162,6 +162,11 @@ fn build(config: ServerConfig, store: Store, snapshot: Snapshot, stopping: watch
     }))
 }
 
+/// How long [`keep_store`] lets events gather after one arrives, before it takes them all:
+/// far below any TTL, and far below the time the engine's event buffer takes to fill
+/// ([`tumbler::mem::EVENT_BUFFER`] events) at any rate the server reaches.
+const EVENT_BATCH_WINDOW: Duration = Duration::from_millis(10);
+
 /// Writes what changes without a request to answer — holds that expire, sessions whose
 /// lease runs out — and counts events for the metrics. Ends when the server stops, after
 /// one last pass.
@@ -178,6 +183,10 @@ async fn keep_store(state: AppState, mut stopping: watch::Receiver<bool>) {
                     if event.kind == EventKind::Expired {
                         expired.push(event.key);
                     }
+                    // Let events gather before taking them: waking this task once per
+                    // event costs a thread wake-up per lock operation under load, while
+                    // the expiries it writes and the counts it keeps can be that late.
+                    tokio::time::sleep(EVENT_BATCH_WINDOW).await;
                     while let Ok(more) = rx.try_recv() {
                         count(&state, more.kind);
                         if more.kind == EventKind::Expired {
