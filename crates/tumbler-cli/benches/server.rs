@@ -35,6 +35,11 @@ use tumbler_bench::{run_scenarios, InProcessServer, Scenario, ServerRuntime};
 use tumbler_server::StoreUrl;
 use tumbler_testkit::postgres::{test_database, TestDatabase};
 
+// The allocator of the `tumbler` binary, so that the in-process server (and the HTTP
+// floor beside it) is measured as it ships.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The advisory-lock id of PostgreSQL's hot key and hand-off.
 const PG_HOT_KEY: i64 = 1;
 

@@ -7,6 +7,12 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use tumbler_server::{ServerConfig, StoreUrl};
 
+// A server answering tens of thousands of requests a second allocates and frees small
+// buffers on every one of them across threads; mimalloc's thread-local free lists make
+// that markedly cheaper than glibc's allocator (measured in docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "tumbler", version, about = "Fair, fenced, re-entrant locks for any language")]
 struct Cli {
