@@ -632,6 +632,18 @@ async fn gs2_routes_reject_bad_input() {
     .await;
 }
 
+/// GS2's `ttl` is in seconds, and so is the bound a too-long one is told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gs2_ttl_over_the_bound_is_told_the_bound_in_seconds() {
+    let h = Harness::with_limits(|l| l.max_ttl_ms = 3_600_000).await;
+    let path = format!("/v1/namespaces/{NS}/users/u1/mutexes/p/lock");
+    let reply = h.post(&path, json!({ "transactionId": "t", "ttl": 3601 })).await;
+    let details = reply.expect_error(400, "invalid_argument");
+    assert_eq!((&details["field"], &details["max"]), (&json!("ttl"), &json!(3600)), "{}", reply.body);
+    h.post(&path, json!({ "transactionId": "t", "ttl": 3600 })).await.ok();
+    h.stop().await;
+}
+
 /// DESIGN.md §2: the owner (GS2's `transactionId`) is 1–256 chars; anything else is
 /// `invalid_argument` *naming the field*. On the GS2 routes that field is `transactionId`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
