@@ -287,7 +287,8 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
         self.waits_by_owner.entry(owner.clone()).or_default().push(request);
         self.pending.insert(request, pending);
         // A new wait closes a cycle only if someone already waits for its owner.
-        let cycle = match self.may_be_waited_for(shards, &owner) {
+        // (With a single waiting owner there is no cycle either, and that is cheaper to see.)
+        let cycle = match self.waits_by_owner.len() >= 2 && self.may_be_waited_for(shards, &owner) {
             true => self.find_cycle(shards, &owner),
             false => None,
         };
