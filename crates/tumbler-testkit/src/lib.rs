@@ -63,6 +63,7 @@
 
 mod backend;
 pub mod conformance;
+pub mod machine;
 mod mem;
 #[cfg(feature = "postgres")]
 mod pg;

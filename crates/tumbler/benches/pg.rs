@@ -81,16 +81,8 @@ async fn run() {
 // ---------------------------------------------------------------------------------------
 
 async fn print_machine(pool: &PgPool) {
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown".to_owned());
+    let cpus = tumbler_testkit::machine::cpus();
+    let model = tumbler_testkit::machine::cpu_model();
     let version: String =
         sqlx::query_scalar("SELECT version()").fetch_one(pool).await.expect("asking the server its version");
     println!("machine: {cpus} CPUs ({model})");
