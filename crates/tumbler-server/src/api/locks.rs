@@ -150,10 +150,16 @@ pub async fn acquire(
     if wait.is_some() {
         state.metrics.waits.inc();
     }
-    let mut stopping = state.stopping.clone();
-    let outcome = tokio::select! {
-        outcome = state.engine.acquire(req) => outcome,
-        _ = crate::state::stopped(&mut stopping) => return Err(ApiError::unavailable("the server is shutting down")),
+    let outcome = match wait {
+        // A try answers at once: nothing to interrupt.
+        None => state.engine.acquire(req).await,
+        Some(_) => {
+            let mut stopping = state.stopping.clone();
+            tokio::select! {
+                outcome = state.engine.acquire(req) => outcome,
+                _ = crate::state::stopped(&mut stopping) => return Err(ApiError::unavailable("the server is shutting down")),
+            }
+        }
     };
     let grant = outcome.inspect_err(|e| match e {
         Error::Timeout => {

@@ -27,7 +27,6 @@ use crate::state::AppState;
 /// Every route of the API, with the body limit, the latency histogram and JSON errors for
 /// unknown routes and methods.
 pub fn router(state: AppState) -> Router {
-    let max_body = state.config.limits.max_body_bytes;
     Router::new()
         .route("/v1/sessions", post(sessions::open))
         .route("/v1/sessions/{id}/keepalive", post(sessions::keepalive))
@@ -58,14 +57,16 @@ pub fn router(state: AppState) -> Router {
             }
         })
         .layer(middleware::from_fn_with_state(state.clone(), front))
-        .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
 }
 
 /// What every request goes through, in one layer (each layer costs a service clone and a
-/// boxed future per request): the percent-encoding check, then the handler, timed into
-/// the latency histogram under its route template, and logged.
-async fn front(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// boxed future per request): the body limit, the percent-encoding check, then the
+/// handler, timed into the latency histogram under its route template, and logged.
+async fn front(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    // Set here rather than by a layer of its own, which would add one more service to
+    // clone per request.
+    DefaultBodyLimit::max(state.config.limits.max_body_bytes).apply(&mut req);
     let labels = RouteLabels::new(req.method(), req.extensions().get::<MatchedPath>().map(MatchedPath::as_str));
     let started = Instant::now();
     let response = match bad_percent_encoding(req.uri().path()) {
