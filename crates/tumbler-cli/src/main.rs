@@ -74,15 +74,7 @@ async fn main() -> ExitCode {
 fn parse_lock_delay(text: &str) -> Result<(String, Duration), String> {
     let (namespace, duration) = text.split_once('=').ok_or("expected NAMESPACE=DURATION, e.g. jobs=5s")?;
     tumbler_core::validate_namespace(namespace).map_err(|e| e.to_string())?;
-    let (number, unit) = duration.split_at(duration.find(|c: char| !c.is_ascii_digit()).unwrap_or(duration.len()));
-    let n: u64 = number.parse().map_err(|_| format!("{duration:?} is not a duration like 500ms, 5s or 2m"))?;
-    let delay = match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        _ => return Err(format!("{duration:?} is not a duration like 500ms, 5s or 2m")),
-    };
-    Ok((namespace.to_owned(), delay))
+    Ok((namespace.to_owned(), tumbler_bench::parse_duration(duration)?))
 }
 
 async fn serve(config: ServerConfig) -> ExitCode {
@@ -133,7 +125,7 @@ mod tests {
         assert_eq!(parse_lock_delay("jobs=500ms"), Ok(("jobs".to_owned(), Duration::from_millis(500))));
         assert_eq!(parse_lock_delay("a.b-c=5s"), Ok(("a.b-c".to_owned(), Duration::from_secs(5))));
         assert_eq!(parse_lock_delay("x=2m"), Ok(("x".to_owned(), Duration::from_secs(120))));
-        for bad in ["jobs", "jobs=", "jobs=5", "jobs=5h", "jobs=s", "bad ns=5s", "=5s"] {
+        for bad in ["jobs", "jobs=", "jobs=5", "jobs=5h", "jobs=s", "bad ns=5s", "=5s", "x=18446744073709551615m"] {
             assert!(parse_lock_delay(bad).is_err(), "{bad} should be refused");
         }
     }
