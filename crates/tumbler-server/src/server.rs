@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt as _;
 use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast::error::RecvError, watch};
@@ -82,6 +83,13 @@ pub async fn spawn(config: ServerConfig) -> Result<RunningServer, ServerError> {
     let app = api::router(state.clone());
     let mut until = stopping;
     let task = tokio::spawn(async move {
+        // Answers are small and each is written whole: send them at once rather than let
+        // Nagle's algorithm hold one back behind an unacknowledged segment.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
             let _ = until.wait_for(|s| *s).await;
         });
