@@ -533,6 +533,18 @@ async fn metrics_count_acquisitions_and_request_latency() {
         "latency is labelled by route template:\n{text}"
     );
     assert_eq!(acquisitions(&text), Some(1.0));
+    // One route, two methods: each has its own series.
+    h.status(NS, "k").await.ok();
+    h.delete(&format!("/v1/namespaces/{NS}/locks/k")).await.ok();
+    let text = h.metrics().await;
+    for method in ["GET", "DELETE"] {
+        assert!(
+            text.lines().any(|l| l.starts_with("tumbler_request_duration_seconds_count")
+                && l.contains(&format!("method=\"{method}\""))
+                && l.contains("route=\"/v1/namespaces/{ns}/locks/{key}\"")),
+            "{method} on the status route has its own series:\n{text}"
+        );
+    }
     h.stop().await;
 }
 

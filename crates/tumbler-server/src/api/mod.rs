@@ -3,6 +3,7 @@
 pub mod error;
 pub(crate) mod events;
 pub mod extract;
+mod front;
 pub(crate) mod gs2;
 pub(crate) mod locks;
 pub(crate) mod ops;
@@ -10,18 +11,12 @@ mod parse;
 pub(crate) mod sessions;
 pub mod wire;
 
-use std::time::Instant;
-
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
 pub use sessions::ended_sessions;
 
 use self::error::ApiError;
-use crate::metrics::RouteLabels;
 use crate::state::AppState;
 
 /// Every route of the API, with the body limit, the latency histogram and JSON errors for
@@ -56,42 +51,6 @@ pub fn router(state: AppState) -> Router {
                 details: serde_json::json!({}),
             }
         })
-        .layer(middleware::from_fn_with_state(state.clone(), front))
+        .layer(front::FrontLayer::new(state.clone()))
         .with_state(state)
-}
-
-/// What every request goes through, in one layer (each layer costs a service clone and a
-/// boxed future per request): the body limit, the percent-encoding check, then the
-/// handler, timed into the latency histogram under its route template, and logged.
-async fn front(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    // Set here rather than by a layer of its own, which would add one more service to
-    // clone per request.
-    DefaultBodyLimit::max(state.config.limits.max_body_bytes).apply(&mut req);
-    let labels = RouteLabels::new(req.method(), req.extensions().get::<MatchedPath>().map(MatchedPath::as_str));
-    let started = Instant::now();
-    let response = match bad_percent_encoding(req.uri().path()) {
-        true => ApiError::invalid("path", "malformed percent-encoding").into_response(),
-        false => next.run(req).await,
-    };
-    let elapsed = started.elapsed();
-    state.metrics.latency.get_or_create(&labels).observe(elapsed.as_secs_f64());
-    tracing::debug!(
-        method = labels.method,
-        route = labels.route,
-        status = response.status().as_u16(),
-        micros = elapsed.as_micros() as u64,
-        "request"
-    );
-    response
-}
-
-/// Whether `path` has a `%` not followed by two hex digits: the router would take such a
-/// segment literally, so it is answered 400 `invalid_argument` instead.
-fn bad_percent_encoding(path: &str) -> bool {
-    let path = path.as_bytes();
-    path.iter().enumerate().any(|(i, b)| {
-        *b == b'%'
-            && !(path.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
-                && path.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
-    })
 }
