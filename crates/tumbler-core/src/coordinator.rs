@@ -790,6 +790,13 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
         Ok(self.session_info(id).expect("BUG: just opened"))
     }
 
+    /// Makes every later session id greater than `floor`: a restarted server passes the
+    /// highest id it ever gave out, so that an id that ended before the restart is never
+    /// given to someone else.
+    pub fn raise_session_floor(&mut self, floor: u64) {
+        self.last_session = self.last_session.max(floor);
+    }
+
     /// Re-creates a session under a known id with a fresh lease (after a restart); later
     /// sessions get greater ids.
     pub fn restore_session(&mut self, id: SessionId, ttl: Duration, now: Instant, fx: &mut Effects<K>) {

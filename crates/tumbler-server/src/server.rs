@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{broadcast::error::RecvError, watch};
 use tokio::task::JoinHandle;
 use tumbler::mem::{Engine, DEFAULT_SHARDS};
-use tumbler_core::{Config, EventKind, Limits, OwnerId, RestoredHold, SessionId};
+use tumbler_core::{Config, Event, EventKind, Limits, OwnerId, RestoredHold, SessionId};
 
 use crate::api;
 use crate::config::ServerConfig;
@@ -82,6 +82,7 @@ pub async fn spawn(config: ServerConfig) -> Result<RunningServer, ServerError> {
     let background = tokio::spawn(keep_store(state.clone(), stopping.clone()));
     let app = api::router(state.clone());
     let mut until = stopping;
+    let final_state = state.clone();
     let task = tokio::spawn(async move {
         // Answers are small and each is written whole: send them at once rather than let
         // Nagle's algorithm hold one back behind an unacknowledged segment.
@@ -97,6 +98,9 @@ pub async fn spawn(config: ServerConfig) -> Result<RunningServer, ServerError> {
             tracing::error!(error = %e, "the server stopped with an error");
         }
         let _ = background.await;
+        // Every request is answered now (waits cut short by the shutdown among them): write
+        // what they left, so that the next run starts after the last revision given out.
+        write_ended(&final_state, Vec::new(), true).await;
     });
     tracing::info!(%addr, "tumbler is listening");
     Ok(RunningServer { addr, stop, task, state })
@@ -122,7 +126,14 @@ fn build(config: ServerConfig, store: Store, snapshot: Snapshot, stopping: watch
     engine.raise_fencing_floor(snapshot.marks.fencing_high_water);
     let clock = WallClock::new(engine.now());
     let mut sessions = HashMap::new();
-    let mut last_session = 0;
+    let mut last_session = match store {
+        // Nothing is kept, not even the ids given out: start above any id an earlier run
+        // could have issued (each run starts at its start time in ms, times 2^20), so that
+        // a client holding an id from before a restart gets 404, not someone else's lease.
+        Store::Memory => clock.unix_ms(engine.now()) << 20,
+        Store::Sqlite(_) => snapshot.marks.last_session,
+    };
+    engine.raise_session_floor(last_session);
     for record in snapshot.sessions {
         engine.restore_session(SessionId(record.id), Duration::from_millis(record.ttl_ms.max(1)));
         last_session = last_session.max(record.id);
@@ -184,22 +195,19 @@ async fn keep_store(state: AppState, mut stopping: watch::Receiver<bool>) {
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let mut expired: Vec<LockKey> = Vec::new();
+        // Revisions of events no handler writes (a wait given up) must still reach the
+        // store, or a restarted server would number later events with them again.
+        let mut unwritten = false;
         tokio::select! {
             received = rx.recv() => match received {
                 Ok(event) => {
-                    count(&state, event.kind);
-                    if event.kind == EventKind::Expired {
-                        expired.push(event.key);
-                    }
+                    take(&state, event, &mut expired, &mut unwritten);
                     // Let events gather before taking them: waking this task once per
                     // event costs a thread wake-up per lock operation under load, while
                     // the expiries it writes and the counts it keeps can be that late.
                     tokio::time::sleep(EVENT_BATCH_WINDOW).await;
                     while let Ok(more) = rx.try_recv() {
-                        count(&state, more.kind);
-                        if more.kind == EventKind::Expired {
-                            expired.push(more.key);
-                        }
+                        take(&state, more, &mut expired, &mut unwritten);
                     }
                 }
                 Err(RecvError::Lagged(missed)) => {
@@ -213,25 +221,34 @@ async fn keep_store(state: AppState, mut stopping: watch::Receiver<bool>) {
                 Err(RecvError::Closed) => return,
             },
             _ = sweep.tick() => {}
-            _ = crate::state::stopped(&mut stopping) => {
-                write_ended(&state, Vec::new()).await;
-                return;
-            }
+            _ = crate::state::stopped(&mut stopping) => return,
         }
         expired.sort();
         expired.dedup();
-        write_ended(&state, expired).await;
+        write_ended(&state, expired, unwritten).await;
     }
 }
 
-/// Writes the current holds of `keys` and closes ended sessions in the store.
-async fn write_ended(state: &AppState, keys: Vec<LockKey>) {
+/// Writes the current holds of `keys` and closes ended sessions in the store; with
+/// `marks`, writes the marks (the last revision) even when nothing else changed.
+async fn write_ended(state: &AppState, keys: Vec<LockKey>, marks: bool) {
     let closed: Vec<Change> = api::ended_sessions(state).into_iter().map(Change::SessionClosed).collect();
-    if keys.is_empty() && closed.is_empty() {
+    if keys.is_empty() && closed.is_empty() && !marks {
         return;
     }
     if let Err(e) = state.persist(&keys, closed, 0).await {
         tracing::error!(error = e.message, "could not write expired holds and sessions");
+    }
+}
+
+/// Counts `event`, and notes what the store must be told of it: the key of an expiry, and
+/// that a cancellation's revision is not yet written.
+fn take(state: &AppState, event: Event<LockKey>, expired: &mut Vec<LockKey>, unwritten: &mut bool) {
+    count(state, event.kind);
+    match event.kind {
+        EventKind::Expired => expired.push(event.key),
+        EventKind::Cancelled => *unwritten = true,
+        EventKind::Acquired | EventKind::Released => {}
     }
 }
 

@@ -102,7 +102,11 @@ impl Shared {
             high = high.max(holds.iter().map(|h| h.fencing_token).max().unwrap_or(0));
             changes.push(Change::Key { key: key.clone(), holds });
         }
-        let marks = Marks { fencing_high_water: high, last_revision: self.engine.last_revision() };
+        let marks = Marks {
+            fencing_high_water: high,
+            last_revision: self.engine.last_revision(),
+            last_session: self.last_session.load(std::sync::atomic::Ordering::Acquire),
+        };
         self.store.commit(changes, marks).await.map_err(|e| {
             tracing::error!(error = %e, "store write failed");
             ApiError::unavailable(format!("the store could not write: {e}"))

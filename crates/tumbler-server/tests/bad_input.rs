@@ -11,6 +11,9 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use support::{long, Harness, Reply};
 
+/// A session id no server gives out before it has opened 2^64 - 1 sessions.
+const NEVER_ISSUED: &str = "18446744073709551615";
+
 const NS: &str = "bad";
 
 /// A bad request and what it must answer.
@@ -227,12 +230,23 @@ async fn keepalive_and_close_reject_unknown_ended_and_malformed_sessions() {
         let at = |id: &str| format!("/v1/sessions/{id}{route}");
         let case = |name: &str, id: &str| Case::new(format!("{method} {name}"), method.clone(), at(id), Body::None);
         cases.extend([
-            case("a session id that is not a number", "abc").invalid("session"),
-            case("a negative session id", "-1").invalid("session"),
-            case("a session id over u64", "99999999999999999999999").invalid("session"),
+            // Ids are opaque: any string the server did not give out is an unknown session.
+            case("a session id that is not a number", "abc").fails(404, "session_expired", None),
+            case("a negative session id", "-1").fails(404, "session_expired", None),
+            case("a session id over u64", "99999999999999999999999").fails(404, "session_expired", None),
+            case("an open session's id with a leading zero", &format!("0{}", guarded.session)).fails(
+                404,
+                "session_expired",
+                None,
+            ),
+            case("an open session's id with a plus sign", &format!("+{}", guarded.session)).fails(
+                404,
+                "session_expired",
+                None,
+            ),
             case("bad percent-encoding in the id", "1%ZZ").invalid("path"),
             case("session 0, never issued", "0").fails(404, "session_expired", None),
-            case("a session id never issued", "999999").fails(404, "session_expired", None),
+            case("a session id never issued", NEVER_ISSUED).fails(404, "session_expired", None),
             case("an ended session", &ended).fails(410, "session_expired", None),
         ]);
     }
@@ -280,8 +294,12 @@ async fn acquire_rejects_bad_input() {
         post("request_id over 256 bytes", p, with(json!({ "request_id": long('r', 257) }))).invalid("request_id"),
         post("request_id as a number", p, with(json!({ "request_id": 1 }))).invalid("request_id"),
         post("session as a number", p, json!({ "owner": "keeper", "session": 1 })).invalid("session"),
-        post("session not an id", p, json!({ "owner": "keeper", "session": "s-1" })).invalid("session"),
-        post("a session never issued", p, json!({ "owner": "keeper", "session": "999999" })).fails(
+        post("session not an id", p, json!({ "owner": "keeper", "session": "s-1" })).fails(
+            404,
+            "session_expired",
+            None,
+        ),
+        post("a session never issued", p, json!({ "owner": "keeper", "session": NEVER_ISSUED })).fails(
             404,
             "session_expired",
             None,
@@ -422,60 +440,58 @@ async fn multi_key_acquire_rejects_bad_input() {
         keys.extend(extra.iter().map(|k| json!(k)));
         keys
     };
-    let mut cases =
-        vec![
-            post("no keys", p, json!({ "owner": "keeper", "ttl_ms": 1000 })).invalid("keys"),
-            post("keys empty", p, json!({ "keys": [], "owner": "keeper", "ttl_ms": 1000 })).invalid("keys"),
-            post("keys as a string", p, json!({ "keys": "held", "owner": "keeper", "ttl_ms": 1000 })).invalid("keys"),
-            post("a key as a number", p, json!({ "keys": ["held", 5], "owner": "keeper", "ttl_ms": 1000 }))
-                .invalid("keys[1]"),
-            post(
-                "a key over 1024 bytes",
-                p,
-                json!({ "keys": keys(&[&long('k', 1025)]), "owner": "keeper", "ttl_ms": 1000 }),
-            )
+    let mut cases = vec![
+        post("no keys", p, json!({ "owner": "keeper", "ttl_ms": 1000 })).invalid("keys"),
+        post("keys empty", p, json!({ "keys": [], "owner": "keeper", "ttl_ms": 1000 })).invalid("keys"),
+        post("keys as a string", p, json!({ "keys": "held", "owner": "keeper", "ttl_ms": 1000 })).invalid("keys"),
+        post("a key as a number", p, json!({ "keys": ["held", 5], "owner": "keeper", "ttl_ms": 1000 }))
+            .invalid("keys[1]"),
+        post(
+            "a key over 1024 bytes",
+            p,
+            json!({ "keys": keys(&[&long('k', 1025)]), "owner": "keeper", "ttl_ms": 1000 }),
+        )
+        .invalid("key"),
+        post("an empty key", p, json!({ "keys": keys(&[""]), "owner": "keeper", "ttl_ms": 1000 })).invalid("key"),
+        post("neither session nor ttl_ms", p, json!({ "keys": keys(&[]), "owner": "keeper" })).invalid("session"),
+        post("owner over 256 chars", p, json!({ "keys": keys(&[]), "owner": long('o', 257), "ttl_ms": 1000 }))
+            .invalid("owner"),
+        post("ttl_ms over the bound", p, json!({ "keys": keys(&[]), "owner": "keeper", "ttl_ms": 86_400_001 }))
+            .invalid("ttl_ms"),
+        post(
+            "wait_ms over the bound",
+            p,
+            json!({ "keys": keys(&[]), "owner": "keeper", "ttl_ms": 1000, "wait_ms": 600_001 }),
+        )
+        .invalid("wait_ms"),
+        post("mode unknown", p, json!({ "keys": keys(&[]), "owner": "keeper", "ttl_ms": 1000, "mode": "x" }))
+            .invalid("mode"),
+        post("an unknown field", p, json!({ "keys": keys(&[]), "owner": "keeper", "ttl_ms": 1000, "key": "x" }))
             .invalid("key"),
-            post("an empty key", p, json!({ "keys": keys(&[""]), "owner": "keeper", "ttl_ms": 1000 })).invalid("key"),
-            post("neither session nor ttl_ms", p, json!({ "keys": keys(&[]), "owner": "keeper" })).invalid("session"),
-            post("owner over 256 chars", p, json!({ "keys": keys(&[]), "owner": long('o', 257), "ttl_ms": 1000 }))
-                .invalid("owner"),
-            post("ttl_ms over the bound", p, json!({ "keys": keys(&[]), "owner": "keeper", "ttl_ms": 86_400_001 }))
-                .invalid("ttl_ms"),
-            post(
-                "wait_ms over the bound",
-                p,
-                json!({ "keys": keys(&[]), "owner": "keeper", "ttl_ms": 1000, "wait_ms": 600_001 }),
-            )
-            .invalid("wait_ms"),
-            post("mode unknown", p, json!({ "keys": keys(&[]), "owner": "keeper", "ttl_ms": 1000, "mode": "x" }))
-                .invalid("mode"),
-            post("an unknown field", p, json!({ "keys": keys(&[]), "owner": "keeper", "ttl_ms": 1000, "key": "x" }))
-                .invalid("key"),
-            post("a session never issued", p, json!({ "keys": keys(&[]), "owner": "keeper", "session": "999999" }))
-                .fails(404, "session_expired", None),
-            post("an ended session", p, json!({ "keys": keys(&[]), "owner": "keeper", "session": ended.clone() }))
-                .fails(410, "session_expired", None),
-            post("another owner: busy", p, json!({ "keys": ["fresh", "held"], "owner": "other", "ttl_ms": 1000 }))
-                .fails(409, "busy", None),
-            post(
-                "a namespace over 128 chars",
-                format!("/v1/namespaces/{}/acquire", long('n', 129)),
-                json!({ "keys": ["held"], "ttl_ms": 1000 }),
-            )
+        post("a session never issued", p, json!({ "keys": keys(&[]), "owner": "keeper", "session": NEVER_ISSUED }))
+            .fails(404, "session_expired", None),
+        post("an ended session", p, json!({ "keys": keys(&[]), "owner": "keeper", "session": ended.clone() })).fails(
+            410,
+            "session_expired",
+            None,
+        ),
+        post("another owner: busy", p, json!({ "keys": ["fresh", "held"], "owner": "other", "ttl_ms": 1000 }))
+            .fails(409, "busy", None),
+        post(
+            "a namespace over 128 chars",
+            format!("/v1/namespaces/{}/acquire", long('n', 129)),
+            json!({ "keys": ["held"], "ttl_ms": 1000 }),
+        )
+        .invalid("namespace"),
+        post("a namespace with a bad char", "/v1/namespaces/b!d/acquire", json!({ "keys": ["held"], "ttl_ms": 1000 }))
             .invalid("namespace"),
-            post(
-                "a namespace with a bad char",
-                "/v1/namespaces/b!d/acquire",
-                json!({ "keys": ["held"], "ttl_ms": 1000 }),
-            )
-            .invalid("namespace"),
-            post(
-                "bad percent-encoding in the namespace",
-                "/v1/namespaces/b%Z/acquire",
-                json!({ "keys": ["held"], "ttl_ms": 1000 }),
-            )
-            .invalid("path"),
-        ];
+        post(
+            "bad percent-encoding in the namespace",
+            "/v1/namespaces/b%Z/acquire",
+            json!({ "keys": ["held"], "ttl_ms": 1000 }),
+        )
+        .invalid("path"),
+    ];
     cases.extend(malformed_bodies(p, json!({ "keys": ["held", "fresh"], "owner": "keeper", "ttl_ms": 1000 })));
     check(&h, &guarded, cases).await;
     // The all-or-nothing rule held through the failures: `fresh` was never taken.

@@ -1,5 +1,5 @@
-//! A server restarted on the same SQLite store puts back its holds and sessions, and its
-//! fencing tokens keep increasing.
+//! A server restarted on the same store puts back its holds and sessions; fencing tokens,
+//! session ids and event revisions keep increasing, never handed out twice.
 
 use serde_json::{json, Value};
 use tumbler_server::{ServerConfig, StoreUrl};
@@ -62,4 +62,73 @@ async fn holds_sessions_and_tokens_survive_a_restart() {
     let (_, newer) = post(&client, format!("{url}/v1/sessions"), json!({ "ttl_ms": 60_000 })).await;
     assert_ne!(newer["id"], sid.as_str());
     server.shutdown().await;
+}
+
+mod support;
+
+use support::Harness;
+
+fn sqlite_config(dir: &tempfile::TempDir) -> ServerConfig {
+    ServerConfig { store: StoreUrl::Sqlite(dir.path().join("t.db")), ..ServerConfig::for_tests() }
+}
+
+/// A session id names one lease for good: one that ended before a restart is answered
+/// 410 afterwards, and is never handed to a new client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_ids_are_never_given_out_again_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::with_config(sqlite_config(&dir)).await;
+    let kept = h.open_session(60_000).await;
+    let closed = h.open_session(60_000).await;
+    h.delete(&format!("/v1/sessions/{closed}")).await.ok();
+    h.stop().await;
+
+    let h = Harness::with_config(sqlite_config(&dir)).await;
+    let fresh = h.open_session(60_000).await;
+    assert!(fresh.parse::<u64>().unwrap() > closed.parse::<u64>().unwrap(), "{fresh} after {closed}");
+    h.post(&format!("/v1/sessions/{closed}/keepalive"), json!({})).await.expect_error(410, "session_expired");
+    h.acquire("ns", "k", json!({ "owner": "o", "session": closed })).await.expect_error(410, "session_expired");
+    h.post(&format!("/v1/sessions/{kept}/keepalive"), json!({})).await.ok();
+    h.stop().await;
+}
+
+/// With the memory store nothing survives a restart, not even the ids: a client still
+/// holding an id from before is told its session is gone, not given a stranger's lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_server_does_not_reuse_the_session_ids_of_an_earlier_run() {
+    let h = Harness::start().await;
+    let old = h.open_session(60_000).await;
+    h.stop().await;
+    let h = Harness::start().await;
+    let new = h.open_session(60_000).await;
+    assert_ne!(new, old);
+    h.post(&format!("/v1/sessions/{old}/keepalive"), json!({})).await.expect_error(410, "session_expired");
+    h.stop().await;
+}
+
+/// Revisions are not handed out twice across a restart, even those of events no request
+/// writes: a wait given up just before the shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revisions_continue_after_a_restart_past_a_cancelled_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::with_config(sqlite_config(&dir)).await;
+    let mut events = h.events("ns", "", None).await.expect("a stream");
+    h.hold("ns", "k", "holder").await;
+    let acquired = events.next().await;
+    h.acquire("ns", "k", json!({ "owner": "waiter", "ttl_ms": 60_000, "wait_ms": 50 }))
+        .await
+        .expect_error(409, "timeout");
+    let cancelled = events.next().await;
+    assert_eq!((acquired.event.as_str(), cancelled.event.as_str()), ("acquired", "cancelled"));
+    let last = cancelled.id.expect("a revision");
+    drop(events);
+    h.stop().await;
+
+    let h = Harness::with_config(sqlite_config(&dir)).await;
+    let mut events = h.events("ns", "", Some(&last.to_string())).await.expect("a stream");
+    h.hold("ns", "other", "a").await;
+    let next = events.next().await;
+    assert_eq!(next.event, "acquired", "{next:?}");
+    assert!(next.id.expect("a revision") > last, "{next:?} after revision {last}");
+    h.stop().await;
 }

@@ -21,7 +21,7 @@ fn lock(name: &str) -> LockKey {
 }
 
 fn marks(fencing_high_water: u64, last_revision: u64) -> Marks {
-    Marks { fencing_high_water, last_revision }
+    Marks { fencing_high_water, last_revision, last_session: 0 }
 }
 
 /// A fresh database path in its own temporary directory (kept alive by the `TempDir`).
@@ -139,7 +139,29 @@ async fn marks_never_go_down() {
     assert_eq!(store.load().await.unwrap().marks, marks(6, 40));
     // Each mark rises on its own.
     store.commit(Vec::new(), marks(1, 41)).await.unwrap();
-    assert_eq!(reopen(store, &path).await.marks, marks(6, 41));
+    store.commit(Vec::new(), Marks { last_session: 9, ..marks(0, 0) }).await.unwrap();
+    store.commit(Vec::new(), Marks { last_session: 4, ..marks(0, 0) }).await.unwrap();
+    assert_eq!(reopen(store, &path).await.marks, Marks { last_session: 9, ..marks(6, 41) });
+}
+
+/// A file written before the session mark existed opens, keeps its other marks, and
+/// starts counting sessions from 0.
+#[tokio::test]
+async fn a_file_from_before_the_session_mark_is_upgraded() {
+    let (_dir, path) = db();
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE marks (id INTEGER PRIMARY KEY CHECK (id = 1),
+                                 fencing_high_water INTEGER NOT NULL, last_revision INTEGER NOT NULL);
+             INSERT INTO marks VALUES (1, 12, 34);",
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(store.load().await.unwrap().marks, marks(12, 34));
+    store.commit(Vec::new(), Marks { last_session: 5, ..marks(12, 34) }).await.unwrap();
+    assert_eq!(reopen(store, &path).await.marks, Marks { last_session: 5, ..marks(12, 34) });
 }
 
 #[tokio::test]

@@ -54,10 +54,11 @@ pub fn owner_in(field: &'static str, id: &str) -> Result<OwnerId, ApiError> {
     Ok(OwnerId::new(id).map_err(|e| crate::key::rename(e, field))?)
 }
 
-/// A session id the server issued: 400 when malformed, 404 when never issued.
+/// A session id the server issued; 404 for any other string. Ids are opaque to clients, so
+/// only the exact text the server gave out names a session (`"016"` is not `"16"`).
 pub fn session(state: &Shared, id: &str) -> Result<SessionId, ApiError> {
-    let n: u64 = id.parse().map_err(|_| ApiError::invalid("session", "not a session id"))?;
-    if n == 0 || n > state.last_session.load(std::sync::atomic::Ordering::Acquire) {
+    let n = id.parse::<u64>().ok().filter(|n| *n != 0 && n.to_string() == id).ok_or_else(ApiError::unknown_session)?;
+    if n > state.last_session.load(std::sync::atomic::Ordering::Acquire) {
         return Err(ApiError::unknown_session());
     }
     Ok(SessionId(n))

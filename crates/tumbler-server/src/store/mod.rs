@@ -95,6 +95,9 @@ pub struct Marks {
     pub fencing_high_water: u64,
     /// The last event revision: revisions after a restart continue from it.
     pub last_revision: u64,
+    /// The highest session id handed out: ids after a restart start above it, so an id
+    /// names one lease only, even one that ended before the restart.
+    pub last_session: u64,
 }
 
 /// Everything a store holds, read on start.

@@ -62,10 +62,16 @@ CREATE TABLE IF NOT EXISTS sessions (
 CREATE TABLE IF NOT EXISTS marks (
     id                 INTEGER PRIMARY KEY CHECK (id = 1),
     fencing_high_water INTEGER NOT NULL,
-    last_revision      INTEGER NOT NULL
+    last_revision      INTEGER NOT NULL,
+    last_session       INTEGER NOT NULL DEFAULT 0  -- ids are never given out twice
 );
 INSERT OR IGNORE INTO marks (id, fencing_high_water, last_revision) VALUES (1, 0, 0);
 ";
+
+/// Columns added to a table after its first release, each with the statement that adds it
+/// to a file written by an earlier version.
+const ADDED_COLUMNS: &[(&str, &str, &str)] =
+    &[("marks", "last_session", "ALTER TABLE marks ADD COLUMN last_session INTEGER NOT NULL DEFAULT 0")];
 
 /// How long `open` waits for another connection to let go of the file (a previous server
 /// still closing) before it reports the database as locked.
@@ -211,7 +217,16 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
 
 fn prepare(conn: &Connection) -> rusqlite::Result<()> {
     configure(conn)?;
-    conn.execute_batch(SCHEMA)
+    conn.execute_batch(SCHEMA)?;
+    for (table, column, add) in ADDED_COLUMNS {
+        let mut columns = conn.prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?;
+        let present =
+            columns.query_map([], |row| row.get::<_, String>(0))?.any(|name| name.is_ok_and(|n| n == *column));
+        if !present {
+            conn.execute_batch(add)?;
+        }
+    }
+    Ok(())
 }
 
 /// Sets the connection up. The locking mode comes before the journal mode so that WAL
@@ -285,6 +300,7 @@ fn write_group(conn: &mut Connection, group: &[Batch]) -> rusqlite::Result<()> {
         }
         high.fencing_high_water = high.fencing_high_water.max(batch.marks.fencing_high_water);
         high.last_revision = high.last_revision.max(batch.marks.last_revision);
+        high.last_session = high.last_session.max(batch.marks.last_session);
     }
     write_marks(&tx, high)?;
     tx.commit()
@@ -354,12 +370,13 @@ fn close_session(tx: &Transaction<'_>, id: u64) -> rusqlite::Result<()> {
 /// Raises the stored marks to `high`; never lowers them.
 fn write_marks(tx: &Transaction<'_>, high: Marks) -> rusqlite::Result<()> {
     tx.prepare_cached(
-        "INSERT INTO marks (id, fencing_high_water, last_revision) VALUES (1, ?1, ?2)
+        "INSERT INTO marks (id, fencing_high_water, last_revision, last_session) VALUES (1, ?1, ?2, ?3)
          ON CONFLICT (id) DO UPDATE SET
              fencing_high_water = max(fencing_high_water, excluded.fencing_high_water),
-             last_revision = max(last_revision, excluded.last_revision)",
+             last_revision = max(last_revision, excluded.last_revision),
+             last_session = max(last_session, excluded.last_session)",
     )?
-    .execute(params![high.fencing_high_water, high.last_revision])?;
+    .execute(params![high.fencing_high_water, high.last_revision, high.last_session])?;
     Ok(())
 }
 
@@ -433,8 +450,8 @@ fn mode_of(row: &Row<'_>) -> rusqlite::Result<Mode> {
 
 fn load_marks(conn: &Connection) -> rusqlite::Result<Marks> {
     let marks = conn
-        .query_row("SELECT fencing_high_water, last_revision FROM marks WHERE id = 1", [], |row| {
-            Ok(Marks { fencing_high_water: row.get(0)?, last_revision: row.get(1)? })
+        .query_row("SELECT fencing_high_water, last_revision, last_session FROM marks WHERE id = 1", [], |row| {
+            Ok(Marks { fencing_high_water: row.get(0)?, last_revision: row.get(1)?, last_session: row.get(2)? })
         })
         .optional()?;
     Ok(marks.unwrap_or_default())

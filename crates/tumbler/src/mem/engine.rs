@@ -313,6 +313,12 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
         self.with_all(&mut fx, |c, s, _| c.coordinator.fencing_high_water(s)).0
     }
 
+    /// Makes every later session id greater than `floor`; see
+    /// [`tumbler_core::Coordinator::raise_session_floor`].
+    pub fn raise_session_floor(&self, floor: u64) {
+        self.inner.central.lock().coordinator.raise_session_floor(floor);
+    }
+
     /// Makes every later fencing token greater than `floor`.
     pub fn raise_fencing_floor(&self, floor: u64) {
         self.full(|c, s, _| c.raise_fencing_floor(s, floor));
