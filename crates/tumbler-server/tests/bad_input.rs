@@ -254,6 +254,24 @@ async fn keepalive_and_close_reject_unknown_ended_and_malformed_sessions() {
     h.stop().await;
 }
 
+/// A keep-alive takes no fields: anything in its body is refused, not silently ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_rejects_a_body_with_anything_in_it() {
+    let h = Harness::with_limits(|l| l.max_body_bytes = 1024).await;
+    let guarded = Guarded::take(&h).await;
+    let path = format!("/v1/sessions/{}/keepalive", guarded.session);
+    let cases = vec![
+        post("a ttl_ms it would not apply", path.clone(), json!({ "ttl_ms": 3000 })).invalid("ttl_ms"),
+        post("an unknown field", path.clone(), json!({ "foo": 1 })).invalid("foo"),
+        raw("malformed JSON", path.clone(), "garbage{").invalid("body"),
+        post("a body over the bound", path.clone(), json!({ "x": long('x', 4096) })).fails(413, "limit_exceeded", None),
+    ];
+    check(&h, &guarded, cases).await;
+    h.post(&path, json!({})).await.ok();
+    h.post_raw(&path, "").await.ok();
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acquire_rejects_bad_input() {
     let h = Harness::start().await;
@@ -418,6 +436,8 @@ async fn listing_rejects_bad_queries() {
             get("limit not a number", list("limit=ten")).invalid("query"),
             get("limit negative", list("limit=-1")).invalid("query"),
             get("an unknown parameter", list("prefix=a&bogus=1")).invalid("query"),
+            get("bad percent-encoding in the query", list("prefix=%ZZ")).invalid("query"),
+            get("a lone percent sign in the query", list("prefix=a%")).invalid("query"),
             get("a namespace over 128 chars", format!("/v1/namespaces/{}/locks", long('n', 129))).invalid("namespace"),
             get("a namespace with a bad char", "/v1/namespaces/b@d/locks").invalid("namespace"),
             get("bad percent-encoding in the namespace", "/v1/namespaces/b%ZZ/locks").invalid("path"),

@@ -52,6 +52,17 @@ async fn lock_answers_the_mutex_in_gs2_fields() {
     h.stop().await;
 }
 
+/// A `mutexId` names one mutex: ids whose parts contain the separators stay apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutex_ids_stay_apart_when_ids_contain_separators() {
+    let h = Harness::start().await;
+    let one = lock(&h, "a%3Amutex%3Ax", "y", "t1", 60).await.ok()["item"]["mutexId"].clone();
+    let two = lock(&h, "a", "x%3Amutex%3Ay", "t2", 60).await.ok()["item"]["mutexId"].clone();
+    assert_ne!(one, two);
+    assert_eq!(one, "grn:tumbler:gs2:user:a%3Amutex%3Ax:mutex:y");
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_transaction_re_enters_and_another_is_busy() {
     let h = Harness::start().await;

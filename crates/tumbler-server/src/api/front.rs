@@ -1,5 +1,5 @@
 //! What every request goes through before its handler: the body limit, the check for
-//! malformed percent-encoding, and the latency histogram of its route.
+//! malformed percent-encoding (path and query), and the latency histogram of its route.
 //!
 //! A hand-written tower layer rather than `axum::middleware::from_fn`: per request,
 //! `from_fn` clones the inner service, boxes the middleware's future and boxes the inner
@@ -93,11 +93,18 @@ where
             })
             .clone();
         let started = Instant::now();
-        let inner = match bad_percent_encoding(req.uri().path()) {
-            true => Inner::Answered {
-                response: Some(ApiError::invalid("path", "malformed percent-encoding").into_response()),
+        let bad = if bad_percent_encoding(req.uri().path()) {
+            Some("path")
+        } else if req.uri().query().is_some_and(bad_percent_encoding) {
+            Some("query")
+        } else {
+            None
+        };
+        let inner = match bad {
+            Some(field) => Inner::Answered {
+                response: Some(ApiError::invalid(field, "malformed percent-encoding").into_response()),
             },
-            false => Inner::Running { future: self.inner.call(req) },
+            None => Inner::Running { future: self.inner.call(req) },
         };
         Timed { inner, started, labels, histogram }
     }
@@ -148,13 +155,14 @@ impl<F: Future<Output = Result<Response, Infallible>>> Future for Timed<F> {
     }
 }
 
-/// Whether `path` has a `%` not followed by two hex digits: the router would take such a
-/// segment literally, so it is answered 400 `invalid_argument` instead.
-fn bad_percent_encoding(path: &str) -> bool {
-    let path = path.as_bytes();
-    path.iter().enumerate().any(|(i, b)| {
+/// Whether `text` (a path or a query string) has a `%` not followed by two hex digits: the
+/// router and the query parser would take it literally, so it is answered 400
+/// `invalid_argument` instead.
+fn bad_percent_encoding(text: &str) -> bool {
+    let text = text.as_bytes();
+    text.iter().enumerate().any(|(i, b)| {
         *b == b'%'
-            && !(path.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
-                && path.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+            && !(text.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && text.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
     })
 }

@@ -173,9 +173,17 @@ fn view(state: &Shared, key: &LockKey, status: &KeyStatus) -> Gs2Mutex {
         LockKey::Lock { namespace, name } => (namespace.as_ref(), "", name.as_ref()),
     };
     Gs2Mutex {
-        mutex_id: format!("grn:tumbler:{namespace}:user:{user}:mutex:{property}"),
+        mutex_id: format!("grn:tumbler:{namespace}:user:{}:mutex:{}", grn_part(user), grn_part(property)),
         property_id: property.to_owned(),
         transaction_id: holder.map(|h| h.holder.owner.as_str().to_owned()).unwrap_or_default(),
         ttl_at: holder.and_then(|h| h.expires_at).map(|at| state.clock.unix_ms(at)),
     }
+}
+
+/// A user or property id as a part of a `mutexId`: `%` and `:` are percent-encoded, so
+/// that the id names one mutex only (user `a:mutex:x` with property `y` and user `a` with
+/// property `x:mutex:y` would otherwise read the same).
+fn grn_part(part: &str) -> std::borrow::Cow<'_, str> {
+    const SEPARATORS: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%').add(b':');
+    percent_encoding::utf8_percent_encode(part, SEPARATORS).into()
 }

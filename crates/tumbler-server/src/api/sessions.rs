@@ -10,7 +10,7 @@ use tumbler_core::SessionInfo;
 use super::error::ApiError;
 use super::extract::{Body, PathParams};
 use super::parse;
-use super::wire::{OpenSession, SessionAnswer};
+use super::wire::{Keepalive, OpenSession, SessionAnswer};
 use crate::openapi::{EmptyAnswer, ErrorBody};
 use crate::state::{AppState, Shared};
 use crate::store::{Change, SessionRecord};
@@ -60,16 +60,19 @@ pub async fn open(
     description = "Renews the lease from now. 410 once the session has ended.",
     tag = "sessions",
     params(("id" = String, Path, description = "The session id, as `POST /v1/sessions` answered it.")),
+    request_body(content = Keepalive, description = "Empty, or `{}`: the lease keeps its TTL."),
     responses(
         (status = 200, description = "The lease is renewed from now.", body = SessionAnswer),
-        (status = 400, description = "`invalid_argument`: the id is not a session id.", body = ErrorBody),
+        (status = 400, description = "`invalid_argument`: a field in the body (there are none), or malformed JSON.", body = ErrorBody),
         (status = 404, description = "`session_expired`: this server never issued that id.", body = ErrorBody),
+        (status = 413, description = "`limit_exceeded`: the body is larger than the server accepts.", body = ErrorBody),
         (status = 410, description = "`session_expired`: the session has ended (closed, or its lease ran out).", body = ErrorBody),
     )
 )]
 pub async fn keepalive(
     State(state): State<AppState>,
     PathParams(id): PathParams<String>,
+    Body(_): Body<Keepalive>,
 ) -> Result<Json<SessionAnswer>, ApiError> {
     let id = parse::session(&state, &id)?;
     let info = state.engine.keepalive(id)?;

@@ -12,6 +12,12 @@ pub struct OpenSession {
     pub label: Option<String>,
 }
 
+/// `POST /v1/sessions/{id}/keepalive`: no fields (the lease keeps the TTL it was opened
+/// with); an empty body is fine, anything else is refused rather than silently ignored.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Keepalive {}
+
 /// A session's lease.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SessionAnswer {
