@@ -82,6 +82,9 @@ pub struct HolderStatus {
     pub session: Option<SessionId>,
     /// When the hold expires, if it has a TTL.
     pub expires_at: Option<Instant>,
+    /// The `request_id`s the hold remembers (oldest first), so that a store can keep them
+    /// and a retry after a restart is still recognised.
+    pub request_ids: Vec<Arc<str>>,
 }
 
 /// The cross-shard half of a lock table. See the module documentation.
@@ -941,6 +944,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
                     holder: Holder { owner: h.owner.clone(), mode: h.mode, count: h.count, fencing_token: h.token },
                     session: h.session,
                     expires_at: h.expiry.map(|(at, _)| at),
+                    request_ids: h.request_ids.clone(),
                 })
                 .collect(),
             waiters: ks.queue.len(),

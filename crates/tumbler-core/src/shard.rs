@@ -267,6 +267,9 @@ pub struct RestoredHold {
     pub expires_at: Option<Instant>,
     /// The lock-delay to start if it ends without a release.
     pub lock_delay: Option<Duration>,
+    /// The `request_id`s it remembers, oldest first (beyond the last
+    /// [`REMEMBERED_REQUEST_IDS`], the oldest are dropped).
+    pub request_ids: Vec<Arc<str>>,
 }
 
 /// A hold as listed in the per-session index: key, owner, mode.
@@ -539,7 +542,7 @@ impl<K: Hash + Eq + Clone> Shard<K> {
             token: hold.fencing_token,
             session: hold.session,
             expiry: timer,
-            request_ids: Vec::new(),
+            request_ids: hold.request_ids[hold.request_ids.len().saturating_sub(REMEMBERED_REQUEST_IDS)..].to_vec(),
             lock_delay: hold.lock_delay,
         });
         self.owners.entry(hold.owner.clone()).or_default().push((key.clone(), hold.mode));

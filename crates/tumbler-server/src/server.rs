@@ -157,7 +157,9 @@ fn build(config: ServerConfig, store: Store, snapshot: Snapshot, stopping: watch
                 fencing_token: hold.fencing_token,
                 session: hold.session.map(SessionId),
                 expires_at: hold.expires_at_ms.map(|at| clock.instant(at, now)),
-                lock_delay: None,
+                // The namespace's lock-delay as configured now, as a new grant would get it.
+                lock_delay: config.lock_delays.get(key.namespace()).copied(),
+                request_ids: hold.request_ids.iter().map(|id| Arc::from(id.as_str())).collect(),
             };
             match engine.restore_hold(&key, &back) {
                 Ok(()) => restored += 1,

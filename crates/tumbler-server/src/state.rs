@@ -122,6 +122,7 @@ impl Shared {
             fencing_token: h.holder.fencing_token,
             session: h.session.map(|s| s.0),
             expires_at_ms: h.expires_at.map(|at| self.clock.unix_ms(at)),
+            request_ids: h.request_ids.iter().map(|id| id.to_string()).collect(),
         }
     }
 

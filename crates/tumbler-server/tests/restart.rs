@@ -132,3 +132,23 @@ async fn revisions_continue_after_a_restart_past_a_cancelled_wait() {
     assert!(next.id.expect("a revision") > last, "{next:?} after revision {last}");
     h.stop().await;
 }
+
+/// A retried acquire is recognised after a restart too (DESIGN.md §2: a lost reply never
+/// leaks a count).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_a_restart_is_answered_not_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::with_config(sqlite_config(&dir)).await;
+    let ask = json!({ "owner": "a", "ttl_ms": 60_000, "request_id": "R" });
+    let first = h.acquire("ns", "k", ask.clone()).await.ok().clone();
+    assert_eq!(first["count"], 1);
+    h.stop().await;
+
+    let h = Harness::with_config(sqlite_config(&dir)).await;
+    let retried = h.acquire("ns", "k", ask).await;
+    assert_eq!(retried.ok()["count"], 1, "{}", retried.body);
+    assert_eq!(retried.ok()["fencing_token"], first["fencing_token"]);
+    // One release frees it: no level was added.
+    assert_eq!(h.release("ns", "k", "a").await.ok()["count"], 0);
+    h.stop().await;
+}

@@ -9,7 +9,15 @@ use tumbler_server::store::{Change, HoldRecord, Marks, SessionRecord, Snapshot, 
 use tumbler_server::LockKey;
 
 fn hold(owner: &str, mode: Mode, token: u64, session: Option<u64>, expires_at_ms: Option<u64>) -> HoldRecord {
-    HoldRecord { owner: owner.into(), mode, count: 2, fencing_token: token, session, expires_at_ms }
+    HoldRecord {
+        owner: owner.into(),
+        mode,
+        count: 2,
+        fencing_token: token,
+        session,
+        expires_at_ms,
+        request_ids: Vec::new(),
+    }
 }
 
 fn key_change(key: &LockKey, holds: Vec<HoldRecord>) -> Change {
@@ -60,7 +68,11 @@ async fn every_change_kind_and_key_kind_survives_a_reopen() {
     ];
     let pool_holds = vec![
         hold("s2", Mode::Semaphore { limit: 3 }, 6, None, Some(1)),
-        hold("s1", Mode::Semaphore { limit: 3 }, 5, Some(8), None),
+        // Request ids come back in order, whatever their text.
+        HoldRecord {
+            request_ids: vec!["r-1".into(), "with \"quotes\", commas and ünïcode".into()],
+            ..hold("s1", Mode::Semaphore { limit: 3 }, 5, Some(8), None)
+        },
     ];
     let store = SqliteStore::open(&path).await.unwrap();
     let mut changes: Vec<Change> = sessions.iter().cloned().map(Change::SessionOpened).collect();
@@ -314,6 +326,22 @@ async fn the_database_is_in_wal_mode() {
     let conn = rusqlite::Connection::open(&path).unwrap();
     let mode: String = conn.query_row("PRAGMA journal_mode", [], |row| row.get(0)).unwrap();
     assert_eq!(mode, "wal");
+}
+
+/// A row whose request ids cannot be read is an error, never silently an empty list: a
+/// retry would then count a second level.
+#[tokio::test]
+async fn unreadable_request_ids_are_refused() {
+    let (_dir, path) = db();
+    let store = SqliteStore::open(&path).await.unwrap();
+    let held = HoldRecord { request_ids: vec!["r".into()], ..hold("o", Mode::Exclusive, 1, None, None) };
+    store.commit(vec![key_change(&lock("k"), vec![held])], Marks::default()).await.unwrap();
+    store.close().await;
+    rusqlite::Connection::open(&path).unwrap().execute_batch("UPDATE holds SET request_ids = 'r'").unwrap();
+    let store = SqliteStore::open(&path).await.unwrap();
+    let err = store.load().await.expect_err("an unreadable row is refused");
+    assert!(matches!(&err, StoreError::Io(m) if m.contains("request_ids")), "{err:?}");
+    store.close().await;
 }
 
 #[tokio::test]

@@ -59,6 +59,9 @@ pub struct HoldRecord {
     /// When it expires, in milliseconds since the Unix epoch (wall clock: the monotonic
     /// clock does not survive a restart).
     pub expires_at_ms: Option<u64>,
+    /// The `request_id`s of the acquires it answered, oldest first: a retry after a
+    /// restart is answered, not counted again.
+    pub request_ids: Vec<String>,
 }
 
 /// A session as stored.

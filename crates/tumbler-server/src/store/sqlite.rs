@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS holds (
     token         INTEGER NOT NULL,
     session       INTEGER,
     expires_at_ms INTEGER,
+    request_ids   TEXT,              -- JSON array of the remembered request ids, or NULL
     PRIMARY KEY (kind, namespace, user, name, owner, mode)
 );
 CREATE INDEX IF NOT EXISTS holds_by_session ON holds (session) WHERE session IS NOT NULL;
@@ -70,8 +71,10 @@ INSERT OR IGNORE INTO marks (id, fencing_high_water, last_revision) VALUES (1, 0
 
 /// Columns added to a table after its first release, each with the statement that adds it
 /// to a file written by an earlier version.
-const ADDED_COLUMNS: &[(&str, &str, &str)] =
-    &[("marks", "last_session", "ALTER TABLE marks ADD COLUMN last_session INTEGER NOT NULL DEFAULT 0")];
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("marks", "last_session", "ALTER TABLE marks ADD COLUMN last_session INTEGER NOT NULL DEFAULT 0"),
+    ("holds", "request_ids", "ALTER TABLE holds ADD COLUMN request_ids TEXT"),
+];
 
 /// How long `open` waits for another connection to let go of the file (a previous server
 /// still closing) before it reports the database as locked.
@@ -328,10 +331,13 @@ fn write_key(tx: &Transaction<'_>, key: &LockKey, holds: &[HoldRecord]) -> rusql
     tx.prepare_cached("DELETE FROM holds WHERE kind = ?1 AND namespace = ?2 AND user = ?3 AND name = ?4")?
         .execute(params![kind, namespace, user, name])?;
     let mut insert = tx.prepare_cached(
-        "INSERT INTO holds (kind, namespace, user, name, owner, mode, lim, count, token, session, expires_at_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        "INSERT INTO holds (kind, namespace, user, name, owner, mode, lim, count, token, session, expires_at_ms,
+                            request_ids)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )?;
     for h in holds {
+        let request_ids = (!h.request_ids.is_empty())
+            .then(|| serde_json::to_string(&h.request_ids).expect("BUG: a list of strings always serializes"));
         insert.execute(params![
             kind,
             namespace,
@@ -344,6 +350,7 @@ fn write_key(tx: &Transaction<'_>, key: &LockKey, holds: &[HoldRecord]) -> rusql
             h.fencing_token,
             h.session,
             h.expires_at_ms,
+            request_ids,
         ])?;
     }
     Ok(())
@@ -395,7 +402,7 @@ fn load_sessions(conn: &Connection) -> rusqlite::Result<Vec<SessionRecord>> {
 /// written in, because each write of a key deletes and re-inserts all of them.
 fn load_keys(conn: &Connection) -> rusqlite::Result<Vec<(LockKey, Vec<HoldRecord>)>> {
     let mut query = conn.prepare(
-        "SELECT kind, namespace, user, name, owner, mode, lim, count, token, session, expires_at_ms
+        "SELECT kind, namespace, user, name, owner, mode, lim, count, token, session, expires_at_ms, request_ids
          FROM holds ORDER BY kind, namespace, user, name, rowid",
     )?;
     let rows = query.query_map([], |row| Ok((key_of(row)?, hold_of(row)?)))?;
@@ -423,8 +430,13 @@ fn key_of(row: &Row<'_>) -> rusqlite::Result<LockKey> {
     }
 }
 
-/// The hold of a `holds` row (columns 4–10).
+/// The hold of a `holds` row (columns 4–11).
 fn hold_of(row: &Row<'_>) -> rusqlite::Result<HoldRecord> {
+    let request_ids = match row.get::<_, Option<String>>(11)? {
+        None => Vec::new(),
+        Some(text) => serde_json::from_str(&text)
+            .map_err(|e| unreadable(11, format!("request_ids is not a JSON list of strings: {e}")))?,
+    };
     Ok(HoldRecord {
         owner: row.get(4)?,
         mode: mode_of(row)?,
@@ -432,6 +444,7 @@ fn hold_of(row: &Row<'_>) -> rusqlite::Result<HoldRecord> {
         fencing_token: row.get(8)?,
         session: row.get(9)?,
         expires_at_ms: row.get(10)?,
+        request_ids,
     })
 }
 
