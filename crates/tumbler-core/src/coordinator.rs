@@ -630,10 +630,14 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
         }
     }
 
-    /// Sets the expiry of `owner`'s hold of `key` to `now + ttl`.
+    /// Extends the expiry of `owner`'s TTL hold of `key` to `now + ttl`, and answers the
+    /// expiry it has then. Never shortens it (like re-entry, which keeps the later of two
+    /// expiries): a hold whose expiry is already later keeps it.
     ///
     /// # Errors
-    /// As [`Coordinator::release`], and `invalid_argument` for a zero TTL.
+    /// As [`Coordinator::release`]; `invalid_argument` for a zero TTL, and for a hold with
+    /// no TTL (it lasts until it is released or its owner or session ends: there is no
+    /// expiry to extend). Nothing changes on error.
     #[allow(clippy::too_many_arguments)]
     pub fn refresh(
         &mut self,
@@ -650,8 +654,14 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
         }
         let shard = self.shard_mut(shards, key);
         let idx = shard.find_hold(key, owner, mode, None)?;
-        let mode = shard.keys[key].holds[idx].mode;
+        let hold = &shard.keys[key].holds[idx];
+        let (mode, Some((current, _))) = (hold.mode, hold.expiry) else {
+            return Err(Error::invalid("ttl", "the hold has no TTL to extend: it lasts until it is released"));
+        };
         let at = now + ttl;
+        if at <= current {
+            return Ok(current);
+        }
         shard.move_expiry(key, owner, mode, at, fx);
         Ok(at)
     }

@@ -758,7 +758,12 @@ impl Model {
 
     fn refresh(&mut self, key: K, owner: usize, mode: Option<Mode>, ttl: Duration) -> Result<Instant, &'static str> {
         let i = self.find_hold(key, owner, mode, None)?;
+        // Extends a TTL hold, never shortens it; a hold without a TTL has none to extend.
+        let current = self.holds[i].expires_at.ok_or("invalid_argument")?;
         let at = self.now + ttl;
+        if at <= current {
+            return Ok(current);
+        }
         let timer = self.next_timer();
         self.holds[i].expires_at = Some(at);
         self.holds[i].timer = timer;

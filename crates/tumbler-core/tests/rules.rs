@@ -742,13 +742,23 @@ fn refresh_extends_ttl() {
 }
 
 #[test]
-fn refresh_gives_a_hold_without_ttl_an_expiry() {
+fn refresh_never_shortens_and_needs_a_ttl_hold() {
     let mut lab = Lab::new(1);
-    lab.hold("k", "A", X);
-    let until = lab.table.refresh(&"k".to_owned(), &owner("A"), Some(X), ms(30), lab.now, &mut lab.fx).unwrap();
-    assert_eq!(until, at(30));
-    lab.tick(30);
+    lab.grant(req("k", "A", X, Wait::NoWait).ttl(ms(100)));
+    let (key, a) = ("k".to_owned(), owner("A"));
+    // A shorter TTL keeps the later expiry, as re-entry does.
+    let until = lab.table.refresh(&key, &a, None, ms(10), lab.now, &mut lab.fx).unwrap();
+    assert_eq!(until, at(100));
+    assert_eq!(lab.status("k").unwrap().holders[0].expires_at, Some(at(100)));
+    lab.tick(99);
+    assert!(lab.fx.lost.is_empty(), "not ended at the shorter expiry");
+    // A hold without a TTL has no expiry to extend.
+    lab.hold("free", "A", X);
+    let err = lab.fails(&["k", "free"], |l| l.table.refresh(&"free".to_owned(), &a, Some(X), ms(30), l.now, &mut l.fx));
+    assert_eq!(field(err), "ttl");
+    lab.tick(1_000);
     assert_eq!(lab.lost(), [("k".into(), "A".into(), LostReason::Expired)]);
+    assert_eq!(lab.holders("free"), [("A".into(), X, 1)], "the untimed hold stays");
 }
 
 #[test]

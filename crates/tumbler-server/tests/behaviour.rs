@@ -157,9 +157,28 @@ async fn refresh_extends_a_ttl_hold() {
     assert!(new_expiry >= first_expiry + 50_000, "{new_expiry} vs {first_expiry}");
     let status = h.status(NS, "k").await;
     assert_eq!(status.ok()["holders"][0]["expires_at_ms"], new_expiry);
+    // A shorter TTL never shortens it (DESIGN.md: refresh extends).
+    let shorter =
+        h.post(&format!("/v1/namespaces/{NS}/locks/k/refresh"), json!({ "owner": "alice", "ttl_ms": 1000 })).await;
+    assert_eq!(shorter.ok()["expires_at_ms"], new_expiry);
     // Well past the first TTL, the hold is still there.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(h.holders(NS, "k").await, Some(vec![("alice".to_owned(), 1, token(held.ok()))]));
+    h.stop().await;
+}
+
+/// A hold without a TTL (it lives with its session) has no expiry to extend: refreshing it
+/// is refused, and it stays as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refreshing_a_hold_without_a_ttl_is_refused() {
+    let h = Harness::start().await;
+    let session = h.open_session(60_000).await;
+    h.acquire(NS, "k", json!({ "owner": "alice", "session": session })).await.ok();
+    let refused =
+        h.post(&format!("/v1/namespaces/{NS}/locks/k/refresh"), json!({ "owner": "alice", "ttl_ms": 1000 })).await;
+    refused.expect_error(400, "invalid_argument");
+    assert_eq!(refused.field(), Some("ttl_ms"), "{}", refused.body);
+    assert_eq!(h.status(NS, "k").await.ok()["holders"][0]["expires_at_ms"], Value::Null);
     h.stop().await;
 }
 

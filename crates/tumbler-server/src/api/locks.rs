@@ -250,8 +250,8 @@ pub async fn release(
     params(LockPath),
     request_body = Refresh,
     responses(
-        (status = 200, description = "The hold's TTL now runs `ttl_ms` from now.", body = RefreshAnswer),
-        (status = 400, description = "`invalid_argument`: a bad owner, `ttl_ms`, mode or limit, a bad namespace or key, an unknown field or malformed JSON.", body = ErrorBody),
+        (status = 200, description = "The hold now expires `ttl_ms` from now, or later if it already did (never earlier).", body = RefreshAnswer),
+        (status = 400, description = "`invalid_argument`: a bad owner, `ttl_ms`, mode or limit, a hold without a TTL (nothing to extend), a bad namespace or key, an unknown field or malformed JSON.", body = ErrorBody),
         (status = 404, description = "`not_held`: the owner holds no such hold (or not with that `fencing_token`).", body = ErrorBody),
         (status = 409, description = "`not_owner`: others hold the key, not this owner.", body = ErrorBody),
         (status = 413, description = "`limit_exceeded`: the body is larger than the server accepts.", body = ErrorBody),
@@ -267,7 +267,11 @@ pub async fn refresh(
     let owner = parse::owner(&body.owner)?;
     let ttl = parse::ttl("ttl_ms", body.ttl_ms, &state)?;
     let mode = parse::hold_mode(body.mode.as_deref(), body.limit)?;
-    let at = state.engine.refresh(&key, &owner, mode, ttl)?;
+    let at = state.engine.refresh(&key, &owner, mode, ttl).map_err(|e| match e {
+        // The core's `ttl` is this body's `ttl_ms`.
+        Error::InvalidArgument { field: "ttl", reason } => Error::InvalidArgument { field: "ttl_ms", reason },
+        other => other,
+    })?;
     state.persist(std::slice::from_ref(&key), Vec::new(), 0).await?;
     Ok(Json(RefreshAnswer { expires_at_ms: state.clock.unix_ms(at) }))
 }

@@ -59,15 +59,17 @@ impl RemoteGuard {
         self.holds.iter().map(|h| h.key.as_str())
     }
 
-    /// Sets the TTL of each key's hold to `ttl` from now (DESIGN.md §2's `refresh`): it may
-    /// lengthen or shorten the hold's life, and gives a hold without a TTL one.
+    /// Extends each key's hold to expire `ttl` from now (DESIGN.md §2's `refresh`); a hold
+    /// whose expiry is already later keeps it. Only a hold taken with a TTL has an expiry
+    /// to extend.
     ///
     /// The server names the hold by owner, key and mode: refresh only a guard whose hold
     /// is not lost (checked first), or it could refresh a newer hold of the same owner.
     ///
     /// # Errors
-    /// `lost` when the hold ended; `invalid_argument` for a zero TTL or one above the
-    /// server's bound; backend failures. Keys before a failing one were refreshed.
+    /// `lost` when the hold ended; `invalid_argument` for a zero TTL, one above the
+    /// server's bound, or a hold taken without a TTL; backend failures. Keys before a
+    /// failing one were refreshed.
     pub async fn refresh(&self, ttl: Duration) -> Result<()> {
         if ttl.is_zero() {
             return Err(Error::InvalidArgument { field: "ttl", reason: "must be greater than zero".into() });

@@ -352,7 +352,7 @@ impl Owner {
         }
     }
 
-    /// Sets the TTL of `held`'s hold to `ttl` from now.
+    /// Extends the TTL of `held`'s hold to `ttl` from now (never shortens it).
     pub(super) async fn refresh(self: &Arc<Self>, held: &Held, mode: Mode, ttl: Duration) -> Result<()> {
         let ttl_ms = super::ceil_ms(ttl);
         let body = RefreshBody { owner: self.id.as_str(), ttl_ms, mode: mode.name(), limit: mode.limit() };
@@ -363,13 +363,9 @@ impl Owner {
                 let mut state = self.state.lock();
                 let hk = HoldKey { key: held.key.clone(), kind: mode.name() };
                 if let Some(hold) = state.holds.get_mut(&hk).filter(|h| h.local == held.local) {
-                    hold.expires = Some(sent + ttl);
-                    // The expiry may have moved earlier: the watcher starts over.
-                    if let Some(watcher) = hold.watcher.take() {
-                        watcher.abort();
-                    }
-                    hold.watcher =
-                        Some(tokio::spawn(watch_expiry(Arc::downgrade(self), hk, hold.local)).abort_handle());
+                    // The server extends, never shortens: the later of the two stands, and
+                    // the watcher (sleeping until the earlier one) need not start over.
+                    hold.expires = hold.expires.max(Some(sent + ttl));
                 }
                 Ok(())
             }
