@@ -129,7 +129,7 @@ fn build(config: ServerConfig, store: Store, snapshot: Snapshot, stopping: watch
     let mut last_session = match store {
         // Nothing is kept, not even the ids given out: start above any id an earlier run
         // could have issued (each run starts at its start time in ms, times 2^20), so that
-        // a client holding an id from before a restart gets 404, not someone else's lease.
+        // a client holding an id from before a restart gets 410, not someone else's lease.
         Store::Memory => clock.unix_ms(engine.now()) << 20,
         Store::Sqlite(_) => snapshot.marks.last_session,
     };
@@ -189,8 +189,9 @@ fn build(config: ServerConfig, store: Store, snapshot: Snapshot, stopping: watch
 const EVENT_BATCH_WINDOW: Duration = Duration::from_millis(10);
 
 /// Writes what changes without a request to answer — holds that expire, sessions whose
-/// lease runs out — and counts events for the metrics. Ends when the server stops, after
-/// one last pass.
+/// lease runs out, the revisions of cancelled waits — and counts events for the metrics.
+/// Ends when the server stops; the last pass is made once every request is answered (see
+/// [`spawn`]).
 async fn keep_store(state: AppState, mut stopping: watch::Receiver<bool>) {
     let Some(Ok((_, mut rx))) = state.engine.watch(state.engine.last_revision()) else { return };
     let mut sweep = tokio::time::interval(state.config.sweep_every);
