@@ -18,8 +18,9 @@
 //!    blocks on it (seen as an ungranted row in `pg_locks`), and the time from just before
 //!    the holder's unlock to the waiter's lock returning is measured.
 //!
-//! `TUMBLER_BENCH_HTTP` (`hyper` or `reqwest`) picks the clients' HTTP library. A missing
-//! `pgbench` or a PostgreSQL that cannot start fails the run: nothing is skipped.
+//! `TUMBLER_BENCH_HTTP` (`raw`, the default, `hyper` or `reqwest`) picks the clients' HTTP
+//! library. A missing `pgbench` or a PostgreSQL that cannot start fails the run: nothing is
+//! skipped.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -60,7 +61,7 @@ impl Settings {
                 clients,
                 duration: env_or("TUMBLER_BENCH_DURATION", "10s", tumbler_bench::parse_positive_duration)?,
                 warmup: env_or("TUMBLER_BENCH_WARMUP", "1s", tumbler_bench::parse_duration)?,
-                http: env_or("TUMBLER_BENCH_HTTP", "hyper", |s| s.parse::<HttpClient>().map_err(|e| e.to_string()))?,
+                http: env_or("TUMBLER_BENCH_HTTP", "raw", |s| s.parse::<HttpClient>().map_err(|e| e.to_string()))?,
             },
             rounds: env_or("TUMBLER_BENCH_ROUNDS", "2000", |s| match s.parse::<usize>() {
                 Ok(n) if n > 0 => Ok(n),

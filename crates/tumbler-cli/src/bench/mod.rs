@@ -69,7 +69,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..))]
     pub rounds: u32,
     /// The HTTP library of the clients.
-    #[arg(long, value_enum, default_value = "hyper")]
+    #[arg(long, value_enum, default_value = "raw")]
     pub http: HttpClient,
 }
 
@@ -264,22 +264,20 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn every_scenario_runs_against_an_in_process_server() {
-        let server = InProcessServer::start(StoreUrl::Memory).await.expect("a server");
-        let target = Target::resolve(&server.url()).await.expect("its address");
-        let load = Load {
-            clients: 4,
-            duration: Duration::from_millis(200),
-            warmup: Duration::from_millis(50),
-            http: HttpClient::Hyper,
-        };
-        let rows = run_scenarios(&target, "memory", &load, Scenario::All, 20).await.expect("the scenarios");
-        server.shutdown().await;
-        let names: Vec<&str> = rows.iter().map(|r| r.scenario.as_str()).collect();
-        assert_eq!(names, ["distinct", "hot", "handoff"]);
-        for row in &rows {
-            assert!(row.samples > 0 && row.p50.is_some(), "{row:?}");
+    async fn every_scenario_runs_against_an_in_process_server_with_every_client() {
+        for http in [HttpClient::Raw, HttpClient::Hyper, HttpClient::Reqwest] {
+            let server = InProcessServer::start(StoreUrl::Memory).await.expect("a server");
+            let target = Target::resolve(&server.url()).await.expect("its address");
+            let load =
+                Load { clients: 4, duration: Duration::from_millis(200), warmup: Duration::from_millis(50), http };
+            let rows = run_scenarios(&target, "memory", &load, Scenario::All, 20).await.expect("the scenarios");
+            server.shutdown().await;
+            let names: Vec<&str> = rows.iter().map(|r| r.scenario.as_str()).collect();
+            assert_eq!(names, ["distinct", "hot", "handoff"], "{http:?}");
+            for row in &rows {
+                assert!(row.samples > 0 && row.p50.is_some(), "{http:?}: {row:?}");
+            }
+            assert_eq!(rows[2].samples, 20, "{http:?}");
         }
-        assert_eq!(rows[2].samples, 20);
     }
 }
