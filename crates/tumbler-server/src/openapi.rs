@@ -3,10 +3,9 @@
 //!
 //! The routes, their parameters and their answers come from the `#[utoipa::path]`
 //! annotations on the handlers and the `ToSchema` / `IntoParams` derives on the bodies of
-//! [`crate::api::wire`]; this module only gathers them. The few shapes the handlers build
-//! with `json!` rather than a typed body — the error shape, the events' data, the
-//! liveness and stats answers — are mirrored here as schema types, each next to a test or
-//! comment saying what it mirrors.
+//! [`crate::api::wire`]; this module only gathers them. The one shape the handlers build
+//! with `json!` rather than a typed body — the error shape — is mirrored here as a schema
+//! type, checked against `ApiError` by a test.
 
 use std::sync::LazyLock;
 
@@ -15,6 +14,7 @@ use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
+use crate::api::wire::{EventType, LockEvent, ResetEvent};
 use crate::api::{events, gs2, locks, ops, sessions};
 
 /// The API's document.
@@ -140,85 +140,6 @@ pub enum ErrorCode {
     Unavailable,
     /// 500: a bug.
     Internal,
-}
-
-/// The `data` of an `acquired`, `released`, `expired` or `cancelled` event.
-// Mirrors `to_sse` in `api/events.rs`.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct LockEvent {
-    /// The revision; also the event's `id`, to resume from with `Last-Event-ID`.
-    pub revision: u64,
-    /// Also the event's `event` name.
-    #[serde(rename = "type")]
-    pub kind: EventType,
-    /// The namespace.
-    pub namespace: String,
-    /// The key (plain locks only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub key: Option<String>,
-    /// The user (GS2 mutexes only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
-    /// The property id (GS2 mutexes only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub property_id: Option<String>,
-    /// The owner (for GS2 mutexes, the `transactionId`).
-    pub owner: String,
-    /// `exclusive`, `shared` or `semaphore`.
-    pub mode: String,
-    /// The semaphore's limit (semaphores only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub limit: Option<u32>,
-    /// The owner's re-entry count after the change.
-    pub count: u32,
-    /// The hold's fencing token.
-    pub fencing_token: u64,
-}
-
-/// The kinds of [`LockEvent`].
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum EventType {
-    /// A hold was granted (or re-entered).
-    Acquired,
-    /// A hold was released (one level).
-    Released,
-    /// A hold's TTL or session ran out.
-    Expired,
-    /// A wait was cancelled.
-    Cancelled,
-}
-
-/// The `data` of a `reset` event: changes were missed, so the client must re-read the
-/// state it cares about.
-// Mirrors `reset` in `api/events.rs`.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ResetEvent {
-    /// `too_old` (the `Last-Event-ID` is older than the replay buffer) or `lagged` (the
-    /// client fell behind and live events were dropped).
-    pub reason: String,
-    /// The oldest revision still in the buffer (`too_old` only).
-    pub oldest: Option<u64>,
-}
-
-/// The liveness answer.
-// Mirrors `ops::healthz`.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct HealthAnswer {
-    /// `ok`, or `stopping` once the server is shutting down.
-    pub status: String,
-}
-
-/// The table's gauges.
-// Mirrors `ops::stats`.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct StatsAnswer {
-    /// Holds in the table.
-    pub held_locks: u64,
-    /// Requests waiting.
-    pub waiters: u64,
-    /// Open sessions.
-    pub sessions: u64,
 }
 
 /// `{}`: done, nothing to tell.

@@ -776,6 +776,10 @@ async fn bodies_over_max_body_bytes_are_413_on_every_body_route() {
     let reply = h.post("/v1/sessions", json!({ "ttl_ms": 1000, "label": padding })).await;
     let details = reply.expect_error(413, "limit_exceeded");
     assert_eq!((&details["limit"], &details["max"]), (&json!("body_bytes"), &json!(1024)), "{}", reply.body);
+    // A body sent in chunks, with no length announced, is bounded as it is read.
+    let chunks = (0..8).map(|_| Ok::<_, std::io::Error>(format!("{{\"label\": \"{}\"}}", long('x', 200))));
+    let streamed = reqwest::Body::wrap_stream(futures::stream::iter(chunks));
+    h.post_raw("/v1/sessions", streamed).await.expect_error(413, "limit_exceeded");
     h.stop().await;
 }
 

@@ -17,14 +17,13 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures::stream::{self, Stream, StreamExt};
 use serde::Deserialize;
-use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::broadcast::Receiver;
 use tumbler_core::Event;
 
 use super::error::ApiError;
 use super::extract::{PathParams, QueryParams};
-use super::wire::EventsQuery;
+use super::wire::{EventsQuery, LockEvent, ResetEvent};
 use crate::key::LockKey;
 use crate::openapi::ErrorBody;
 use crate::state::{AppState, StreamSlot};
@@ -140,31 +139,31 @@ fn live(
 }
 
 fn reset(reason: &str, oldest: Option<u64>) -> SseEvent {
-    SseEvent::default().event("reset").data(json!({ "reason": reason, "oldest": oldest }).to_string())
+    sse("reset", &ResetEvent { reason: reason.to_owned(), oldest })
 }
 
 fn to_sse(event: &Event<LockKey>) -> SseEvent {
-    let mut data = json!({
-        "revision": event.revision,
-        "type": event.kind.name(),
-        "owner": event.owner.as_str(),
-        "mode": event.mode.name(),
-        "count": event.count,
-        "fencing_token": event.fencing_token,
-    });
-    match &event.key {
-        LockKey::Lock { namespace, name } => {
-            data["namespace"] = json!(namespace.as_ref());
-            data["key"] = json!(name.as_ref());
-        }
-        LockKey::Mutex { namespace, user, property } => {
-            data["namespace"] = json!(namespace.as_ref());
-            data["user"] = json!(user.as_ref());
-            data["property_id"] = json!(property.as_ref());
-        }
-    }
-    if let Some(limit) = event.mode.limit() {
-        data["limit"] = json!(limit);
-    }
-    SseEvent::default().event(event.kind.name()).id(event.revision.to_string()).data(data.to_string())
+    let (namespace, key, user, property_id) = match &event.key {
+        LockKey::Lock { namespace, name } => (namespace, Some(name), None, None),
+        LockKey::Mutex { namespace, user, property } => (namespace, None, Some(user), Some(property)),
+    };
+    let data = LockEvent {
+        revision: event.revision,
+        kind: event.kind.into(),
+        namespace: namespace.to_string(),
+        key: key.map(|k| k.to_string()),
+        user: user.map(|u| u.to_string()),
+        property_id: property_id.map(|p| p.to_string()),
+        owner: event.owner.as_str().to_owned(),
+        mode: event.mode.name().to_owned(),
+        limit: event.mode.limit(),
+        count: event.count,
+        fencing_token: event.fencing_token,
+    };
+    sse(event.kind.name(), &data).id(event.revision.to_string())
+}
+
+/// An event named `name` whose data is `data` as JSON.
+fn sse(name: &str, data: &impl serde::Serialize) -> SseEvent {
+    SseEvent::default().event(name).data(serde_json::to_string(data).expect("BUG: event data always serializes"))
 }

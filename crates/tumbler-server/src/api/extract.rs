@@ -1,10 +1,8 @@
 //! Extractors whose every rejection is the API's JSON error (never axum's plain-text
 //! 400/415/422): bodies, path segments and query strings.
 
-use axum::body::Bytes;
 use axum::extract::{FromRef, FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
-use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
@@ -22,12 +20,19 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::body_too_large(AppState::from_ref(state).config.limits.max_body_bytes)
-            } else {
-                ApiError::invalid("body", e.body_text())
+        // The limit is applied here, where bodies are read, rather than by a layer in
+        // front of every route (most of which read none).
+        let max = AppState::from_ref(state).config.limits.max_body_bytes;
+        let bytes = axum::body::to_bytes(req.into_body(), max).await.map_err(|e| {
+            let e = e.into_inner();
+            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&*e);
+            while let Some(c) = cause {
+                if c.is::<http_body_util::LengthLimitError>() {
+                    return ApiError::body_too_large(max);
+                }
+                cause = c.source();
             }
+            ApiError::invalid("body", format!("cannot read the body: {e}"))
         })?;
         let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { &bytes };
         let mut de = serde_json::Deserializer::from_slice(text);

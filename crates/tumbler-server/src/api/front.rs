@@ -1,5 +1,5 @@
-//! What every request goes through before its handler: the body limit, the check for
-//! malformed percent-encoding (path and query), and the latency histogram of its route.
+//! What every request goes through before its handler: the check for malformed
+//! percent-encoding (path and query), and the latency histogram of its route.
 //!
 //! A hand-written tower layer rather than `axum::middleware::from_fn`: per request,
 //! `from_fn` clones the inner service, boxes the middleware's future and boxes the inner
@@ -15,7 +15,7 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::extract::{MatchedPath, Request};
 use axum::http::Method;
 use axum::response::{IntoResponse, Response};
 use prometheus_client::metrics::histogram::Histogram;
@@ -32,7 +32,7 @@ pub struct FrontLayer {
 }
 
 impl FrontLayer {
-    /// A layer recording into `state`'s metrics, with `state`'s body limit.
+    /// A layer recording into `state`'s metrics.
     pub fn new(state: AppState) -> Self {
         FrontLayer { state }
     }
@@ -81,8 +81,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request) -> Self::Future {
-        DefaultBodyLimit::max(self.state.config.limits.max_body_bytes).apply(&mut req);
+    fn call(&mut self, req: Request) -> Self::Future {
         let slot = &self.histograms[method_slot(req.method())];
         let (labels, histogram) = slot
             .get_or_init(|| {

@@ -19,7 +19,7 @@ pub use sessions::ended_sessions;
 use self::error::ApiError;
 use crate::state::AppState;
 
-/// Every route of the API, with the body limit, the latency histogram and JSON errors for
+/// Every route of the API, with the latency histogram and JSON errors for
 /// unknown routes and methods.
 pub fn router(state: AppState) -> Router {
     Router::new()

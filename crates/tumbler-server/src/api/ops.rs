@@ -4,9 +4,8 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{Html, IntoResponse};
 use axum::Json;
-use serde_json::{json, Value};
 
-use crate::openapi::{HealthAnswer, StatsAnswer};
+use super::wire::{HealthAnswer, StatsAnswer};
 use crate::state::AppState;
 
 /// `GET /healthz`: 200 while the server runs (503 once it is shutting down).
@@ -22,10 +21,11 @@ use crate::state::AppState;
     )
 )]
 pub async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
-    if state.is_stopping() {
-        return (axum::http::StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "stopping" })));
-    }
-    (axum::http::StatusCode::OK, Json(json!({ "status": "ok" })))
+    let (status, text) = match state.is_stopping() {
+        true => (axum::http::StatusCode::SERVICE_UNAVAILABLE, "stopping"),
+        false => (axum::http::StatusCode::OK, "ok"),
+    };
+    (status, Json(HealthAnswer { status: text.to_owned() }))
 }
 
 /// `GET /metrics`: Prometheus text format.
@@ -64,7 +64,7 @@ pub async fn dashboard() -> Html<&'static str> {
     tag = "ops",
     responses((status = 200, description = "The table's gauges, for the dashboard.", body = StatsAnswer))
 )]
-pub async fn stats(State(state): State<AppState>) -> Json<Value> {
+pub async fn stats(State(state): State<AppState>) -> Json<StatsAnswer> {
     let s = state.engine.stats();
-    Json(json!({ "held_locks": s.holds, "waiters": s.waiting, "sessions": s.sessions }))
+    Json(StatsAnswer { held_locks: s.holds as u64, waiters: s.waiting as u64, sessions: s.sessions as u64 })
 }

@@ -1,6 +1,8 @@
 //! The JSON bodies of the API, exactly as DESIGN.md §4 names their fields.
 
 use serde::{Deserialize, Serialize};
+use tumbler_core::EventKind;
+use utoipa::ToSchema;
 
 /// `POST /v1/sessions`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -282,4 +284,90 @@ pub struct Gs2Item {
 pub struct Gs2Items {
     /// The user's held mutexes, by property id.
     pub items: Vec<Gs2Mutex>,
+}
+
+/// The `data` of an `acquired`, `released`, `expired` or `cancelled` event.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct LockEvent {
+    /// The revision; also the event's `id`, to resume from with `Last-Event-ID`.
+    pub revision: u64,
+    /// Also the event's `event` name.
+    #[serde(rename = "type")]
+    pub kind: EventType,
+    /// The namespace.
+    pub namespace: String,
+    /// The key (plain locks only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The user (GS2 mutexes only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The property id (GS2 mutexes only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub property_id: Option<String>,
+    /// The owner (for GS2 mutexes, the `transactionId`).
+    pub owner: String,
+    /// `exclusive`, `shared` or `semaphore`.
+    pub mode: String,
+    /// The semaphore's limit (semaphores only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// The owner's re-entry count after the change.
+    pub count: u32,
+    /// The hold's fencing token.
+    pub fencing_token: u64,
+}
+
+/// The kinds of [`LockEvent`].
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EventType {
+    /// A hold was granted (or re-entered).
+    Acquired,
+    /// A hold was released (one level).
+    Released,
+    /// A hold's TTL or session ran out.
+    Expired,
+    /// A wait was cancelled.
+    Cancelled,
+}
+
+impl From<EventKind> for EventType {
+    fn from(kind: EventKind) -> Self {
+        match kind {
+            EventKind::Acquired => EventType::Acquired,
+            EventKind::Released => EventType::Released,
+            EventKind::Expired => EventType::Expired,
+            EventKind::Cancelled => EventType::Cancelled,
+        }
+    }
+}
+
+/// The `data` of a `reset` event: changes were missed, so the client must re-read the
+/// state it cares about.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ResetEvent {
+    /// `too_old` (the `Last-Event-ID` is older than the replay buffer) or `lagged` (the
+    /// client fell behind and live events were dropped).
+    pub reason: String,
+    /// The oldest revision still in the buffer (`too_old` only).
+    pub oldest: Option<u64>,
+}
+
+/// The liveness answer.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct HealthAnswer {
+    /// `ok`, or `stopping` once the server is shutting down.
+    pub status: String,
+}
+
+/// The table's gauges.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct StatsAnswer {
+    /// Holds in the table.
+    pub held_locks: u64,
+    /// Requests waiting.
+    pub waiters: u64,
+    /// Open sessions.
+    pub sessions: u64,
 }
