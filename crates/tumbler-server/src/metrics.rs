@@ -14,15 +14,14 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use tumbler::mem::EngineStats;
 
-/// The label of the latency histogram: method and route template. Both are static, so
-/// that recording a request allocates nothing.
+/// The label of the latency histogram: method and route template.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     /// HTTP method.
     pub method: &'static str,
     /// The matched route template (`/v1/namespaces/{ns}/locks/{key}/acquire`), never
     /// the raw path, so that keys do not explode the label space.
-    pub route: &'static str,
+    pub route: String,
 }
 
 impl RouteLabels {
@@ -36,24 +35,8 @@ impl RouteLabels {
             // No route takes any other method: all such requests are answered 405.
             _ => "OTHER",
         };
-        RouteLabels { method, route: route.map_or("unmatched", intern) }
+        RouteLabels { method, route: route.unwrap_or("unmatched").to_owned() }
     }
-}
-
-/// The one `'static` copy of a route template. Templates are the router's own, a set
-/// fixed by the code, so what is leaked here is bounded by it, however many servers run.
-fn intern(route: &str) -> &'static str {
-    static TEMPLATES: parking_lot::RwLock<Vec<&'static str>> = parking_lot::RwLock::new(Vec::new());
-    if let Some(known) = TEMPLATES.read().iter().find(|t| **t == route) {
-        return known;
-    }
-    let mut templates = TEMPLATES.write();
-    if let Some(known) = templates.iter().find(|t| **t == route) {
-        return known;
-    }
-    let leaked: &'static str = Box::leak(route.into());
-    templates.push(leaked);
-    leaked
 }
 
 /// The server's metrics.

@@ -46,9 +46,15 @@ impl<S> Layer<S> for FrontLayer {
     }
 }
 
-/// The histograms of one route, by method, each created on the route's first request
-/// with that method (the route's template is only known once a request has matched it).
-type RouteHistograms = [OnceLock<(RouteLabels, Histogram)>; METHOD_SLOTS];
+/// Where one route's requests with one method are recorded.
+struct Timing {
+    labels: RouteLabels,
+    histogram: Histogram,
+}
+
+/// The timings of one route, by method, each created on the route's first request with
+/// that method (the route's template is only known once a request has matched it).
+type RouteHistograms = [OnceLock<Arc<Timing>>; METHOD_SLOTS];
 
 const METHOD_SLOTS: usize = 4;
 
@@ -83,12 +89,12 @@ where
 
     fn call(&mut self, req: Request) -> Self::Future {
         let slot = &self.histograms[method_slot(req.method())];
-        let (labels, histogram) = slot
+        let timing = slot
             .get_or_init(|| {
                 let labels =
                     RouteLabels::new(req.method(), req.extensions().get::<MatchedPath>().map(MatchedPath::as_str));
                 let histogram = self.state.metrics.latency.get_or_create(&labels).clone();
-                (labels, histogram)
+                Arc::new(Timing { labels, histogram })
             })
             .clone();
         let started = Instant::now();
@@ -105,7 +111,7 @@ where
             },
             None => Inner::Running { future: self.inner.call(req) },
         };
-        Timed { inner, started, labels, histogram }
+        Timed { inner, started, timing }
     }
 }
 
@@ -115,8 +121,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: Inner<F>,
         started: Instant,
-        labels: RouteLabels,
-        histogram: Histogram,
+        timing: Arc<Timing>,
     }
 }
 
@@ -142,10 +147,10 @@ impl<F: Future<Output = Result<Response, Infallible>>> Future for Timed<F> {
             InnerProj::Answered { response } => response.take().expect("BUG: polled after it answered"),
         };
         let elapsed = this.started.elapsed();
-        this.histogram.observe(elapsed.as_secs_f64());
+        this.timing.histogram.observe(elapsed.as_secs_f64());
         tracing::debug!(
-            method = this.labels.method,
-            route = this.labels.route,
+            method = this.timing.labels.method,
+            route = %this.timing.labels.route,
             status = response.status().as_u16(),
             micros = elapsed.as_micros() as u64,
             "request"

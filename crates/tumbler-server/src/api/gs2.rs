@@ -93,15 +93,7 @@ pub async fn lock(
 ) -> Result<Json<Gs2Item>, ApiError> {
     let key = path.key()?;
     parse::owner_in("transactionId", &body.transaction_id)?;
-    // GS2's `ttl` is in seconds, so its bound is told in seconds too.
-    let max_s = state.config.limits.max_ttl_ms / 1000;
-    if body.ttl == 0 {
-        return Err(ApiError::invalid("ttl", "must be at least one second"));
-    }
-    if body.ttl > max_s {
-        return Err(ApiError::invalid("ttl", format!("must be at most {max_s} s")).with("max", max_s));
-    }
-    let ttl_ms = body.ttl * 1000;
+    let ttl_ms = parse::ttl_secs("ttl", body.ttl, &state)?.as_millis() as u64;
     let fields = AcquireFields { owner: Some(body.transaction_id), ttl_ms: Some(ttl_ms), ..AcquireFields::default() };
     locks::acquire(&state, SmallVec::from_buf([key.clone()]), fields).await?;
     let status = state.held(&key).ok_or(Error::NotHeld)?;

@@ -66,14 +66,23 @@ pub fn session(state: &Shared, id: &str) -> Result<SessionId, ApiError> {
 
 /// A TTL in ms: above zero, at most the configured bound.
 pub fn ttl(field: &str, ms: u64, state: &Shared) -> Result<Duration, ApiError> {
-    let max = state.config.limits.max_ttl_ms;
-    if ms == 0 {
+    positive_within(field, ms, state.config.limits.max_ttl_ms, "ms").map(Duration::from_millis)
+}
+
+/// A TTL in whole seconds (GS2's `ttl`): above zero, at most the configured bound, which
+/// a client is told in seconds too.
+pub fn ttl_secs(field: &str, secs: u64, state: &Shared) -> Result<Duration, ApiError> {
+    positive_within(field, secs, state.config.limits.max_ttl_ms / 1000, "s").map(Duration::from_secs)
+}
+
+fn positive_within(field: &str, value: u64, max: u64, unit: &str) -> Result<u64, ApiError> {
+    if value == 0 {
         return Err(ApiError::invalid(field, "must be greater than zero"));
     }
-    if ms > max {
-        return Err(ApiError::invalid(field, format!("must be at most {max} ms")).with("max", max));
+    if value > max {
+        return Err(ApiError::invalid(field, format!("must be at most {max} {unit}")).with("max", max));
     }
-    Ok(Duration::from_millis(ms))
+    Ok(value)
 }
 
 /// A long-poll bound in ms: at most the configured bound (0 is a try).
