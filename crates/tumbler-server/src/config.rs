@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use crate::store::StoreUrl;
@@ -64,6 +65,13 @@ pub struct ServerConfig {
     /// or by its session's end — not by a release — stays unclaimable this long, for
     /// resources that cannot check fencing tokens.
     pub lock_delays: HashMap<String, Duration>,
+    /// Threads serving connections, each a single-threaded runtime that owns the
+    /// connections dealt to it (one per CPU by default; see `workers.rs` for why).
+    pub workers: NonZeroUsize,
+    /// How long a worker keeps polling its connections after bytes last arrived on one,
+    /// before its thread sleeps (zero: never spin). Saves a sleep and a wake-up per request
+    /// when requests follow each other closely, as on a hot key; see `workers.rs`.
+    pub spin: Duration,
 }
 
 impl Default for ServerConfig {
@@ -74,16 +82,20 @@ impl Default for ServerConfig {
             limits: ServerLimits::default(),
             sweep_every: Duration::from_secs(1),
             lock_delays: HashMap::new(),
+            workers: std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN),
+            spin: Duration::from_micros(40),
         }
     }
 }
 
 impl ServerConfig {
-    /// For tests: 127.0.0.1 on a free port, the memory store, default bounds.
+    /// For tests: 127.0.0.1 on a free port, the memory store, default bounds, two workers
+    /// (so that hand-offs between connections of different workers are exercised).
     pub fn for_tests() -> Self {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             store: StoreUrl::Memory,
+            workers: NonZeroUsize::new(2).expect("2 is not 0"),
             ..ServerConfig::default()
         }
     }

@@ -13,6 +13,7 @@ pub mod openapi;
 mod server;
 pub mod state;
 pub mod store;
+mod workers;
 
 pub use config::{ServerConfig, ServerLimits};
 pub use key::LockKey;

@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt as _;
 use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast::error::RecvError, watch};
@@ -21,6 +20,7 @@ use crate::key::LockKey;
 use crate::metrics::Metrics;
 use crate::state::{AppState, Shared, WallClock};
 use crate::store::{Change, Snapshot, Store, StoreError};
+use crate::workers;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +33,12 @@ pub enum ServerError {
     Bind {
         /// The address.
         addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The threads that serve connections could not be started.
+    #[error("cannot start the server's workers: {source}")]
+    Workers {
         /// Why.
         source: std::io::Error,
     },
@@ -81,22 +87,11 @@ pub async fn spawn(config: ServerConfig) -> Result<RunningServer, ServerError> {
     let state = build(config, store, snapshot, stopping.clone());
     let background = tokio::spawn(keep_store(state.clone(), stopping.clone()));
     let app = api::router(state.clone());
-    let mut until = stopping;
+    let workers = workers::start(state.config.workers, state.config.spin, listener, app, &stopping)
+        .map_err(|source| ServerError::Workers { source })?;
     let final_state = state.clone();
     let task = tokio::spawn(async move {
-        // Answers are small and each is written whole: send them at once rather than let
-        // Nagle's algorithm hold one back behind an unacknowledged segment.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::warn!(error = %e, "cannot set TCP_NODELAY");
-            }
-        });
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-            let _ = until.wait_for(|s| *s).await;
-        });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "the server stopped with an error");
-        }
+        workers.join().await;
         let _ = background.await;
         // Every request is answered now (waits cut short by the shutdown among them): write
         // what they left, so that the next run starts after the last revision given out.

@@ -21,6 +21,7 @@ pub mod scenarios;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -53,6 +54,10 @@ pub struct BenchArgs {
     /// The store of the in-process server: `memory`, or `sqlite:PATH`.
     #[arg(long, default_value = "memory")]
     pub store: StoreUrl,
+    /// Worker threads of the in-process server. By default half the CPUs (at least one):
+    /// the load generator runs on the same machine and needs the other half.
+    #[arg(long, conflicts_with = "url")]
+    pub server_workers: Option<NonZeroUsize>,
     /// Concurrent clients, each with a keep-alive connection of its own.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
     pub clients: u16,
@@ -84,7 +89,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let (server, url, target_name) = match &args.url {
         Some(url) => (None, url.clone(), url.clone()),
         None => {
-            let server = InProcessServer::start(args.store.clone()).await?;
+            let workers = args.server_workers.unwrap_or_else(in_process_workers);
+            let server = InProcessServer::start(args.store.clone(), workers).await?;
             let url = server.url();
             (Some(server), url, store_name(&args.store).to_owned())
         }
@@ -187,6 +193,13 @@ impl Drop for ServerRuntime {
     }
 }
 
+/// The worker threads of an in-process server when not told: half the CPUs, at least one,
+/// so that the load generator beside it keeps the other half.
+pub fn in_process_workers() -> NonZeroUsize {
+    let cpus = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+    NonZeroUsize::new(cpus / 2).unwrap_or(NonZeroUsize::MIN)
+}
+
 /// A lock server started in-process on `127.0.0.1:0`, on a [`ServerRuntime`].
 pub struct InProcessServer {
     runtime: ServerRuntime,
@@ -194,13 +207,15 @@ pub struct InProcessServer {
 }
 
 impl InProcessServer {
-    /// Starts a server with `store` (for SQLite, the file is created as needed).
+    /// Starts a server with `store` (for SQLite, the file is created as needed) and
+    /// `workers` threads serving connections, otherwise as `tumbler serve` starts it.
     ///
     /// # Errors
     /// When the store cannot be opened or no port can be bound.
-    pub async fn start(store: StoreUrl) -> anyhow::Result<InProcessServer> {
+    pub async fn start(store: StoreUrl, workers: NonZeroUsize) -> anyhow::Result<InProcessServer> {
         let runtime = ServerRuntime::new()?;
-        let config = ServerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)), store, ..ServerConfig::for_tests() };
+        let config =
+            ServerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)), store, workers, ..ServerConfig::default() };
         let server = runtime.run(tumbler_server::spawn(config)).await?.context("starting the lock server")?;
         Ok(InProcessServer { runtime, server })
     }
@@ -224,11 +239,12 @@ impl InProcessServer {
 /// # Errors
 /// When `text` is not a whole number followed by `ms`, `s` or `m`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad = || format!("{text:?} is not a duration like 500ms, 10s or 2m");
+    let bad = || format!("{text:?} is not a duration like 40us, 500ms, 10s or 2m");
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let n: u64 = number.parse().map_err(|_| bad())?;
     match unit {
+        "us" | "µs" => Ok(Duration::from_micros(n)),
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
         "m" => n.checked_mul(60).map(Duration::from_secs).ok_or_else(bad),
@@ -254,6 +270,8 @@ mod tests {
 
     #[test]
     fn durations_parse_with_their_unit() {
+        assert_eq!(parse_duration("40us"), Ok(Duration::from_micros(40)));
+        assert_eq!(parse_duration("40µs"), Ok(Duration::from_micros(40)));
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
@@ -266,7 +284,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_scenario_runs_against_an_in_process_server_with_every_client() {
         for http in [HttpClient::Raw, HttpClient::Hyper, HttpClient::Reqwest] {
-            let server = InProcessServer::start(StoreUrl::Memory).await.expect("a server");
+            let server = InProcessServer::start(StoreUrl::Memory, in_process_workers()).await.expect("a server");
             let target = Target::resolve(&server.url()).await.expect("its address");
             let load =
                 Load { clients: 4, duration: Duration::from_millis(200), warmup: Duration::from_millis(50), http };
