@@ -20,10 +20,13 @@
 //!    blocks on it (seen as an ungranted row in `pg_locks`), and the time from just before
 //!    the holder's unlock to the waiter's lock returning is measured.
 //!
-//! `TUMBLER_BENCH_HTTP` (`raw`, the default, `hyper` or `reqwest`) picks the clients' HTTP
+//! The server runs as `tumbler serve` does by default (a worker per CPU, spinning 40 µs);
+//! the clients run on `TUMBLER_BENCH_CLIENT_THREADS` threads (1), pgbench on two (`-j 2`,
+//! its best here). `TUMBLER_BENCH_HTTP` (`raw`, the default, `hyper` or `reqwest`) picks the clients' HTTP
 //! library. A missing `pgbench` or a PostgreSQL that cannot start fails the run: nothing is
 //! skipped.
 
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -34,7 +37,7 @@ use sqlx::{Executor as _, PgConnection};
 use tumbler_bench::client::{HttpClient, Target};
 use tumbler_bench::report::{self, Row};
 use tumbler_bench::scenarios::{self, histogram, Load, Outcome};
-use tumbler_bench::{in_process_workers, run_scenarios, InProcessServer, Scenario, ServerRuntime};
+use tumbler_bench::{run_scenarios, BenchRuntime, InProcessServer, Scenario};
 use tumbler_server::StoreUrl;
 use tumbler_testkit::postgres::{test_database, TestDatabase};
 
@@ -64,6 +67,9 @@ impl Settings {
                 duration: env_or("TUMBLER_BENCH_DURATION", "10s", tumbler_bench::parse_positive_duration)?,
                 warmup: env_or("TUMBLER_BENCH_WARMUP", "1s", tumbler_bench::parse_duration)?,
                 http: env_or("TUMBLER_BENCH_HTTP", "raw", |s| s.parse::<HttpClient>().map_err(|e| e.to_string()))?,
+                client_threads: env_or("TUMBLER_BENCH_CLIENT_THREADS", "1", |s| {
+                    s.parse::<NonZeroUsize>().map_err(|e| format!("{s:?}: {e}"))
+                })?,
             },
             rounds: env_or("TUMBLER_BENCH_ROUNDS", "2000", |s| match s.parse::<usize>() {
                 Ok(n) if n > 0 => Ok(n),
@@ -112,7 +118,13 @@ async fn run() -> anyhow::Result<()> {
         load.warmup.as_secs_f64(),
         settings.rounds,
     );
-    println!("tumbler: {} worker thread(s) (half the CPUs; the load generator has the rest)", in_process_workers());
+    println!(
+        "tumbler: as `tumbler serve` runs by default ({} workers, spin {:?}); clients on {} thread(s); pgbench -j {}",
+        tumbler_server::ServerConfig::default().workers,
+        tumbler_server::ServerConfig::default().spin,
+        load.client_threads,
+        pgbench_threads(load),
+    );
 
     let mut rows = Vec::new();
     for store in ["memory", "sqlite"] {
@@ -122,9 +134,7 @@ async fn run() -> anyhow::Result<()> {
             _ => StoreUrl::Sqlite(dir.path().join("bench.db")),
         };
         eprintln!("running tumbler ({store}) ...");
-        let server = InProcessServer::start(url, in_process_workers())
-            .await
-            .with_context(|| format!("starting the {store} server"))?;
+        let server = InProcessServer::start(url, None).await.with_context(|| format!("starting the {store} server"))?;
         let target = Target::resolve(&server.url()).await?;
         let measured = run_scenarios(&target, store, load, Scenario::All, settings.rounds).await;
         server.shutdown().await;
@@ -179,7 +189,7 @@ async fn print_machine(pgbench: &Path, db: &TestDatabase) -> anyhow::Result<()> 
 /// A bare axum server on its own runtime, answering `POST /` (reading the body) with a
 /// small JSON; the same client loop as `distinct`, two requests per pair.
 async fn http_floor(load: &Load) -> anyhow::Result<Outcome> {
-    let runtime = ServerRuntime::new()?;
+    let runtime = BenchRuntime::new("floor", None)?;
     let addr = runtime
         .run(async {
             let app = axum::Router::new().route(
@@ -197,7 +207,10 @@ async fn http_floor(load: &Load) -> anyhow::Result<Outcome> {
         .await?
         .context("binding the floor server")?;
     let target = Target::resolve(&format!("http://{addr}")).await?;
-    scenarios::floor(&target, load).await
+    let load = load.clone();
+    BenchRuntime::new("client", Some(load.client_threads))?
+        .run(async move { scenarios::floor(&target, &load).await })
+        .await?
 }
 
 // ---------------------------------------------------------------------------------------
@@ -222,6 +235,13 @@ fn find_pgbench() -> anyhow::Result<PathBuf> {
          baselines; on Debian or Ubuntu install it with `apt-get install postgresql postgresql-client` (pgbench \
          ships in postgresql-<version>, the `pgbench` command in postgresql-client-common)",
     )
+}
+
+/// pgbench's threads (`-j`): two, its best on the 2-CPU machine of docs/BENCHMARKS.md
+/// (one gave 36k prepared pairs/s on distinct keys against 57k with two), and never more
+/// than its clients.
+fn pgbench_threads(load: &Load) -> usize {
+    load.clients.min(2)
 }
 
 /// How pgbench sends its statements (`-M`).
@@ -276,7 +296,7 @@ async fn run_pgbench(
     command
         .args(["-n", "-M", mode.flag(), "-f"])
         .arg(&script_path)
-        .args(["-c", &load.clients.to_string(), "-j", &load.clients.min(2).to_string(), "-T", &seconds.to_string()])
+        .args(["-c", &load.clients.to_string(), "-j", &pgbench_threads(load).to_string(), "-T", &seconds.to_string()])
         .args(["-h", options.get_host(), "-p", &options.get_port().to_string(), "-U", options.get_username()])
         .arg(options.get_database().unwrap_or("postgres"))
         .current_dir(dir);

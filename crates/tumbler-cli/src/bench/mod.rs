@@ -54,10 +54,14 @@ pub struct BenchArgs {
     /// The store of the in-process server: `memory`, or `sqlite:PATH`.
     #[arg(long, default_value = "memory")]
     pub store: StoreUrl,
-    /// Worker threads of the in-process server. By default half the CPUs (at least one):
-    /// the load generator runs on the same machine and needs the other half.
+    /// Worker threads of the in-process server (as many as CPUs by default, as `tumbler
+    /// serve`).
     #[arg(long, conflicts_with = "url")]
     pub server_workers: Option<NonZeroUsize>,
+    /// Threads the clients run on. One by default: a client's work per request is small,
+    /// and where the server shares the machine every thread more takes CPU from it.
+    #[arg(long, default_value = "1")]
+    pub client_threads: NonZeroUsize,
     /// Concurrent clients, each with a keep-alive connection of its own.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
     pub clients: u16,
@@ -84,22 +88,27 @@ pub struct BenchArgs {
 /// # Errors
 /// When the server cannot be started or reached, or a request fails.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let load =
-        Load { clients: usize::from(args.clients), duration: args.duration, warmup: args.warmup, http: args.http };
+    let load = Load {
+        clients: usize::from(args.clients),
+        duration: args.duration,
+        warmup: args.warmup,
+        http: args.http,
+        client_threads: args.client_threads,
+    };
     let (server, url, target_name) = match &args.url {
         Some(url) => (None, url.clone(), url.clone()),
         None => {
-            let workers = args.server_workers.unwrap_or_else(in_process_workers);
-            let server = InProcessServer::start(args.store.clone(), workers).await?;
+            let server = InProcessServer::start(args.store.clone(), args.server_workers).await?;
             let url = server.url();
             (Some(server), url, store_name(&args.store).to_owned())
         }
     };
     let target = Target::resolve(&url).await?;
     println!(
-        "tumbler bench: {} clients ({:?}), {} s measured after {} s of warm-up, against {target_name} ({})",
+        "tumbler bench: {} clients ({:?}, on {} thread(s)), {} s measured after {} s of warm-up, against {target_name} ({})",
         load.clients,
         load.http,
+        load.client_threads,
         load.duration.as_secs_f64(),
         load.warmup.as_secs_f64(),
         target.url(),
@@ -112,7 +121,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs `which` of the scenarios against `target`, one after the other; one row each.
+/// Runs `which` of the scenarios against `target`, one after the other, with the clients
+/// on a runtime of `load.client_threads` threads; one row each.
 ///
 /// # Errors
 /// When a scenario fails.
@@ -123,21 +133,28 @@ pub async fn run_scenarios(
     which: Scenario,
     rounds: usize,
 ) -> anyhow::Result<Vec<Row>> {
-    let mut rows = Vec::new();
-    if matches!(which, Scenario::Distinct | Scenario::All) {
-        let outcome = scenarios::distinct(target, load).await.context("scenario distinct")?;
-        rows.push(Row::of("distinct", target_name, &outcome));
-    }
-    if matches!(which, Scenario::Hot | Scenario::All) {
-        let outcome = scenarios::hot(target, load).await.context("scenario hot")?;
-        rows.push(Row::of("hot", target_name, &outcome));
-    }
-    if matches!(which, Scenario::Handoff | Scenario::All) {
-        let warmup = (rounds / 20).max(1);
-        let outcome = scenarios::handoff(target, rounds, warmup, load.http).await.context("scenario handoff")?;
-        rows.push(Row::of("handoff", target_name, &outcome));
-    }
-    Ok(rows)
+    let (target, target_name, load) = (target.clone(), target_name.to_owned(), load.clone());
+    let clients = BenchRuntime::new("client", Some(load.client_threads))?;
+    clients
+        .run(async move {
+            let mut rows = Vec::new();
+            if matches!(which, Scenario::Distinct | Scenario::All) {
+                let outcome = scenarios::distinct(&target, &load).await.context("scenario distinct")?;
+                rows.push(Row::of("distinct", &target_name, &outcome));
+            }
+            if matches!(which, Scenario::Hot | Scenario::All) {
+                let outcome = scenarios::hot(&target, &load).await.context("scenario hot")?;
+                rows.push(Row::of("hot", &target_name, &outcome));
+            }
+            if matches!(which, Scenario::Handoff | Scenario::All) {
+                let warmup = (rounds / 20).max(1);
+                let outcome =
+                    scenarios::handoff(&target, rounds, warmup, load.http).await.context("scenario handoff")?;
+                rows.push(Row::of("handoff", &target_name, &outcome));
+            }
+            Ok(rows)
+        })
+        .await?
 }
 
 /// `memory` or `sqlite`, for tables.
@@ -148,29 +165,34 @@ pub fn store_name(store: &StoreUrl) -> &'static str {
     }
 }
 
-/// A tokio runtime of its own for a server under test, so that the server's tasks and the
-/// load generator's run on separate worker threads and run queues, as they would in
-/// separate processes. Its worker threads are as many as the machine's CPUs.
-pub struct ServerRuntime {
+/// A tokio runtime of its own, for a server under test or for the load generator's
+/// clients, so that the two run on separate worker threads and run queues, as they would
+/// in separate processes.
+pub struct BenchRuntime {
     runtime: Option<tokio::runtime::Runtime>,
 }
 
-impl ServerRuntime {
-    /// Starts the runtime.
+impl BenchRuntime {
+    /// Starts a runtime whose threads are named after `role`, with `workers` worker
+    /// threads (as many as the machine's CPUs when `None`).
     ///
     /// # Errors
     /// When the runtime's threads cannot be started.
-    pub fn new() -> anyhow::Result<ServerRuntime> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .thread_name("bench-server")
+    pub fn new(role: &str, workers: Option<NonZeroUsize>) -> anyhow::Result<BenchRuntime> {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        if let Some(workers) = workers {
+            builder.worker_threads(workers.get());
+        }
+        let runtime = builder
+            .thread_name(format!("bench-{role}"))
             .enable_all()
             .build()
-            .context("starting the server's runtime")?;
-        Ok(ServerRuntime { runtime: Some(runtime) })
+            .with_context(|| format!("starting the {role} runtime"))?;
+        Ok(BenchRuntime { runtime: Some(runtime) })
     }
 
-    /// Runs `future` on the server's runtime (anything it spawns stays there) and returns
-    /// its output.
+    /// Runs `future` on this runtime (anything it spawns stays there) and returns its
+    /// output.
     ///
     /// # Errors
     /// When `future` panics.
@@ -179,12 +201,12 @@ impl ServerRuntime {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        let runtime = self.runtime.as_ref().context("BUG: the server runtime is only taken on drop")?;
-        runtime.spawn(future).await.context("a task on the server's runtime panicked")
+        let runtime = self.runtime.as_ref().context("BUG: the runtime is only taken on drop")?;
+        runtime.spawn(future).await.context("a task on a bench runtime panicked")
     }
 }
 
-impl Drop for ServerRuntime {
+impl Drop for BenchRuntime {
     fn drop(&mut self) {
         // Not `drop(runtime)`, which would block inside the caller's runtime.
         if let Some(runtime) = self.runtime.take() {
@@ -193,29 +215,24 @@ impl Drop for ServerRuntime {
     }
 }
 
-/// The worker threads of an in-process server when not told: half the CPUs, at least one,
-/// so that the load generator beside it keeps the other half.
-pub fn in_process_workers() -> NonZeroUsize {
-    let cpus = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
-    NonZeroUsize::new(cpus / 2).unwrap_or(NonZeroUsize::MIN)
-}
-
-/// A lock server started in-process on `127.0.0.1:0`, on a [`ServerRuntime`].
+/// A lock server started in-process on `127.0.0.1:0`, on a [`BenchRuntime`] of its own.
 pub struct InProcessServer {
-    runtime: ServerRuntime,
+    runtime: BenchRuntime,
     server: tumbler_server::RunningServer,
 }
 
 impl InProcessServer {
     /// Starts a server with `store` (for SQLite, the file is created as needed) and
-    /// `workers` threads serving connections, otherwise as `tumbler serve` starts it.
+    /// `workers` threads serving connections (as many as CPUs when `None`), otherwise as
+    /// `tumbler serve` starts it.
     ///
     /// # Errors
     /// When the store cannot be opened or no port can be bound.
-    pub async fn start(store: StoreUrl, workers: NonZeroUsize) -> anyhow::Result<InProcessServer> {
-        let runtime = ServerRuntime::new()?;
-        let config =
-            ServerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)), store, workers, ..ServerConfig::default() };
+    pub async fn start(store: StoreUrl, workers: Option<NonZeroUsize>) -> anyhow::Result<InProcessServer> {
+        let runtime = BenchRuntime::new("server", None)?;
+        let defaults = ServerConfig::default();
+        let workers = workers.unwrap_or(defaults.workers);
+        let config = ServerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)), store, workers, ..defaults };
         let server = runtime.run(tumbler_server::spawn(config)).await?.context("starting the lock server")?;
         Ok(InProcessServer { runtime, server })
     }
@@ -284,10 +301,15 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_scenario_runs_against_an_in_process_server_with_every_client() {
         for http in [HttpClient::Raw, HttpClient::Hyper, HttpClient::Reqwest] {
-            let server = InProcessServer::start(StoreUrl::Memory, in_process_workers()).await.expect("a server");
+            let server = InProcessServer::start(StoreUrl::Memory, None).await.expect("a server");
             let target = Target::resolve(&server.url()).await.expect("its address");
-            let load =
-                Load { clients: 4, duration: Duration::from_millis(200), warmup: Duration::from_millis(50), http };
+            let load = Load {
+                clients: 4,
+                duration: Duration::from_millis(200),
+                warmup: Duration::from_millis(50),
+                http,
+                client_threads: NonZeroUsize::MIN,
+            };
             let rows = run_scenarios(&target, "memory", &load, Scenario::All, 20).await.expect("the scenarios");
             server.shutdown().await;
             let names: Vec<&str> = rows.iter().map(|r| r.scenario.as_str()).collect();

@@ -12,6 +12,7 @@
 //! before the deadline), so pairs straddling either edge neither inflate nor deflate it in
 //! a steady state; the latency histogram holds the same pairs.
 
+use std::num::NonZeroUsize;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -38,6 +39,8 @@ pub struct Load {
     pub warmup: Duration,
     /// The HTTP library.
     pub http: HttpClient,
+    /// The threads the clients run on.
+    pub client_threads: NonZeroUsize,
 }
 
 /// What a scenario measured.
