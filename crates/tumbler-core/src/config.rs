@@ -48,14 +48,6 @@ impl<K> Default for Config<K> {
     }
 }
 
-impl<K> Config<K> {
-    /// Whether a single-shard operation can decide without the coordinator: only when no
-    /// bound needs a count across shards.
-    pub(crate) fn fast_path_allowed(&self) -> bool {
-        self.limits.max_keys_per_namespace.is_none()
-    }
-}
-
 impl Config<crate::Key> {
     /// A configuration for the `(namespace, name)` key space, with per-namespace limits
     /// counted by the key's namespace.

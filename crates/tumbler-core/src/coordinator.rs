@@ -20,6 +20,7 @@ use crate::event::EventKind;
 use crate::hash::Map;
 use crate::layout::Layout;
 use crate::mode::Mode;
+use crate::namespaces::KeyBudget;
 use crate::owner::OwnerId;
 use crate::request::{Acquire, Acquired, Grant, Granted, RequestId, Wait};
 use crate::session::{SessionId, SessionInfo};
@@ -87,6 +88,13 @@ pub struct HolderStatus {
     pub request_ids: Vec<Arc<str>>,
 }
 
+/// What [`Coordinator::unqueue`] does with a key the request leaves idle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum IdleKeys {
+    Drop,
+    Keep,
+}
+
 /// The cross-shard half of a lock table. See the module documentation.
 #[derive(Debug)]
 pub struct Coordinator<K> {
@@ -98,7 +106,8 @@ pub struct Coordinator<K> {
     deadlines: BTreeSet<(Instant, RequestId)>,
     sessions: Map<SessionId, Session>,
     session_deadlines: BTreeSet<(Instant, SessionId)>,
-    namespaces: Map<String, usize>,
+    /// The per-namespace bound, shared with the shards.
+    budget: Option<KeyBudget<K>>,
     last_request: u64,
     last_session: u64,
     /// Owners whose last hold of a key ended while they wait for that key: their requests
@@ -114,6 +123,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
         let layout = Layout::new(config.shards);
         Coordinator {
             layout,
+            budget: KeyBudget::of(&config),
             config: Arc::new(config),
             pending: Map::default(),
             waits_by_owner: Map::default(),
@@ -121,7 +131,6 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
             deadlines: BTreeSet::new(),
             sessions: Map::default(),
             session_deadlines: BTreeSet::new(),
-            namespaces: Map::default(),
             last_request: 0,
             last_session: 0,
             demoted: Vec::new(),
@@ -130,7 +139,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
 
     /// Makes one of the table's shards (call it `layout().shards()` times).
     pub fn new_shard(&self) -> Shard<K> {
-        Shard::new(self.config.clone())
+        Shard::new(self.config.clone(), self.budget.clone())
     }
 
     /// Which shard each key lives in.
@@ -195,10 +204,11 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
         }
         if admitted {
             self.check_grant_limits(shards, &req.keys, &req.owner, req.mode, req.session)?;
-            self.check_namespace_limits(shards, &req.keys)?;
             if let Some(cycle) = self.cycle_if_granted(shards, &req.owner, req.mode, &req.keys) {
                 return Err(Error::Deadlock { cycle });
             }
+            // The last check: from here the grant cannot fail, so the places are used.
+            self.reserve_new_keys(shards, &req.keys)?;
             let grant = self.grant_keys(shards, &req.keys, &GrantSpec::from(&req), now, fx);
             if self.waits_by_owner.contains_key(&req.owner) {
                 // The owner may now hold a key it also waits for: its queued request there is
@@ -252,12 +262,13 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
                 return Err(Error::limit("waiters_per_key", max));
             }
         }
-        self.check_namespace_limits(shards, &req.keys)?;
         self.check_grant_limits(shards, &req.keys, &req.owner, req.mode, req.session)?;
+        // The last check: the keys get state next (a deadlock found below drops it again,
+        // giving the places back).
+        self.reserve_new_keys(shards, &req.keys)?;
         self.last_request += 1;
         let request = RequestId(self.last_request);
         for key in &req.keys {
-            let created = !self.shard(shards, key).keys.contains_key(key);
             let ks = self.shard_mut(shards, key).keys.entry(key.clone()).or_default();
             let entry = Entry { request, owner: req.owner.clone(), mode: req.mode };
             if ks.holds_of(&req.owner) {
@@ -267,9 +278,6 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
                 ks.queue.insert(at, entry);
             } else {
                 ks.queue.push_back(entry);
-            }
-            if created {
-                self.count_key(key, 1);
             }
         }
         let deadline = match req.wait {
@@ -296,7 +304,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
             false => None,
         };
         if let Some(cycle) = cycle {
-            self.unqueue(shards, request, now);
+            self.unqueue(shards, request, IdleKeys::Drop);
             return Err(Error::Deadlock { cycle });
         }
         let pending = &self.pending[&request];
@@ -311,16 +319,18 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
     }
 
     /// Removes a queued request from the coordinator and from every queue it stands in,
-    /// returning it and the keys whose queues it left.
-    fn unqueue(&mut self, shards: &mut dyn Shards<K>, request: RequestId, _now: Instant) -> Option<Pending<K>> {
+    /// returning it and the keys whose queues it left. A key it leaves idle is dropped
+    /// unless `idle` says to keep it (for a grant: the key keeps its place in its
+    /// namespace rather than giving it back and taking it again).
+    fn unqueue(&mut self, shards: &mut dyn Shards<K>, request: RequestId, idle: IdleKeys) -> Option<Pending<K>> {
         let pending = self.pending.remove(&request)?;
         for key in &pending.keys {
             let shard = self.shard_mut(shards, key);
             if let Some(ks) = shard.keys.get_mut(key) {
                 ks.queue.retain(|e| e.request != request);
             }
-            if shard.drop_if_idle(key) {
-                self.count_key(key, -1);
+            if idle == IdleKeys::Drop {
+                shard.drop_if_idle(key);
             }
         }
         if let Some(list) = self.waits_by_owner.get_mut(&pending.owner) {
@@ -349,11 +359,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
     ) -> Grant<K> {
         let mut holds = SmallVec::new();
         for key in keys {
-            let created = !self.shard(shards, key).keys.contains_key(key);
             let granted = self.shard_mut(shards, key).grant(key, spec, now, fx);
-            if created {
-                self.count_key(key, 1);
-            }
             if granted.count == 1 {
                 if let Some(session) = spec.session.and_then(|s| self.sessions.get_mut(&s)) {
                     session.holds += 1;
@@ -395,34 +401,13 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
         Ok(())
     }
 
-    fn check_namespace_limits(&self, shards: &mut dyn Shards<K>, keys: &[K]) -> Result<()> {
-        let (Some(max), Some(namespace_of)) = (self.config.limits.max_keys_per_namespace, self.config.namespace_of)
-        else {
-            return Ok(());
-        };
-        let mut new: Map<&str, usize> = Map::default();
-        for key in keys.iter().filter(|k| self.key_state(shards, k).is_none()) {
-            *new.entry(namespace_of(key)).or_default() += 1;
-        }
-        for (ns, n) in new {
-            if self.namespaces.get(ns).copied().unwrap_or(0) + n > max {
-                return Err(Error::limit("keys_per_namespace", max));
-            }
-        }
-        Ok(())
-    }
-
-    fn count_key(&mut self, key: &K, delta: isize) {
-        let (Some(_), Some(namespace_of)) = (self.config.limits.max_keys_per_namespace, self.config.namespace_of)
-        else {
-            return;
-        };
-        let ns = namespace_of(key);
-        let count = self.namespaces.entry(ns.to_owned()).or_default();
-        *count = count.saturating_add_signed(delta);
-        if *count == 0 {
-            self.namespaces.remove(ns);
-        }
+    /// Takes a place in its namespace for each of `keys` that has no state yet, all or
+    /// none (`limit_exceeded` when a namespace is full). Call it last before the keys get
+    /// state: the places are given back only when that state is dropped.
+    fn reserve_new_keys(&self, shards: &mut dyn Shards<K>, keys: &[K]) -> Result<()> {
+        let Some(budget) = &self.budget else { return Ok(()) };
+        let new: SmallVec<[&K; 4]> = keys.iter().filter(|k| self.key_state(shards, k).is_none()).collect();
+        budget.reserve(new)
     }
 
     /// Grants every queued request of `keys` that may be granted now, and of any key those
@@ -460,10 +445,14 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
                         });
                     if ready {
                         let others: SmallVec<[K; 4]> = pending.keys.iter().filter(|k| *k != &key).cloned().collect();
+                        let owner = pending.owner.clone();
                         let granted = self.grant_pending(shards, request, now, fx);
                         work.extend(others);
                         granted_any = true;
-                        look_again |= !granted;
+                        // A later request of the same owner was judged as a newcomer's; now
+                        // that the owner holds the key it is a re-entry, judged on the holds
+                        // alone, and may be grantable.
+                        look_again |= !granted || self.waits_by_owner.contains_key(&owner);
                     } else {
                         look_again = true;
                     }
@@ -472,9 +461,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
                     break;
                 }
             }
-            if self.shard_mut(shards, &key).drop_if_idle(&key) {
-                self.count_key(&key, -1);
-            }
+            self.shard_mut(shards, &key).drop_if_idle(&key);
         }
         // An owner that stopped holding a key it waits for now waits for the earlier requests
         // there too. If that closed a cycle, its requests on that key closed it: they fail.
@@ -488,6 +475,13 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
         }
     }
 
+    /// Drops those of `keys` that are idle.
+    fn drop_idle(&self, shards: &mut dyn Shards<K>, keys: &[K]) {
+        for key in keys {
+            self.shard_mut(shards, key).drop_if_idle(key);
+        }
+    }
+
     /// Grants a queued request, or fails it when granting it now would break a rule.
     /// Returns whether it was granted.
     fn grant_pending(
@@ -497,7 +491,8 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
         now: Instant,
         fx: &mut Effects<K>,
     ) -> bool {
-        let pending = self.unqueue(shards, request, now).expect("BUG: granting a request that is not queued");
+        let pending =
+            self.unqueue(shards, request, IdleKeys::Keep).expect("BUG: granting a request that is not queued");
         // The owner may have come to hold a key in this mode under another session while
         // the request waited; as for an immediate grant, its level may not join that hold
         // (it would live and die with the wrong session).
@@ -513,6 +508,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
                 }
             }
             let error = Error::invalid("session", "the owner holds this key under another session");
+            self.drop_idle(shards, &pending.keys);
             fx.wakes.push(Wake { request, owner: pending.owner, outcome: Err(error) });
             return false;
         }
@@ -524,6 +520,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
                     self.shard(shards, key).event(EventKind::Cancelled, key, &pending.owner, pending.mode, 0, 0, fx);
                 }
             }
+            self.drop_idle(shards, &pending.keys);
             fx.wakes.push(Wake { request, owner: pending.owner, outcome: Err(Error::Deadlock { cycle }) });
             return false;
         }
@@ -553,7 +550,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
         now: Instant,
         fx: &mut Effects<K>,
     ) -> bool {
-        let Some(keys) = self.withdraw(shards, request, error, now, fx) else { return false };
+        let Some(keys) = self.withdraw(shards, request, error, fx) else { return false };
         self.pump(shards, keys, now, fx);
         true
     }
@@ -565,10 +562,9 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
         shards: &mut dyn Shards<K>,
         request: RequestId,
         error: Option<Error>,
-        now: Instant,
         fx: &mut Effects<K>,
     ) -> Option<SmallVec<[K; 1]>> {
-        let pending = self.unqueue(shards, request, now)?;
+        let pending = self.unqueue(shards, request, IdleKeys::Drop)?;
         if self.config.record_events {
             for key in &pending.keys {
                 self.shard(shards, key).event(EventKind::Cancelled, key, &pending.owner, pending.mode, 0, 0, fx);
@@ -882,7 +878,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
             self.pending.iter().filter(|(_, p)| p.session == Some(id)).map(|(r, _)| *r).collect();
         let mut touched = Vec::new();
         for request in waits {
-            touched.extend(self.withdraw(shards, request, Some(Error::SessionExpired), now, fx).into_iter().flatten());
+            touched.extend(self.withdraw(shards, request, Some(Error::SessionExpired), fx).into_iter().flatten());
         }
         for i in 0..shards.count() {
             let Some(held) = shards.get(i).sessions.get(&id).cloned() else { continue };
@@ -986,8 +982,9 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
         if !self.shard_mut(shards, key).restore(key, hold, fx) {
             return Err(Error::invalid("holds", "a restored hold clashes with another restored hold"));
         }
-        if created {
-            self.count_key(key, 1);
+        if let Some(budget) = self.budget.as_ref().filter(|_| created) {
+            // Within the bound when it was written; counted whatever the bound is now.
+            budget.force(key);
         }
         if let Some(session) = hold.session.and_then(|s| self.sessions.get_mut(&s)) {
             session.holds += 1;

@@ -45,6 +45,7 @@ mod hash;
 mod key;
 mod layout;
 mod mode;
+mod namespaces;
 mod owner;
 mod request;
 mod session;

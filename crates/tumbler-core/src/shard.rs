@@ -20,6 +20,7 @@ use crate::error::{Error, Holder, Result};
 use crate::event::{Event, EventKind};
 use crate::hash::Map;
 use crate::mode::Mode;
+use crate::namespaces::KeyBudget;
 use crate::owner::OwnerId;
 use crate::request::{Acquire, Acquired, Grant, Granted, RequestId, Wait};
 use crate::session::SessionId;
@@ -297,6 +298,8 @@ pub struct Shard<K> {
     /// without remembering anything about keys that are free.
     last_token: u64,
     pub(crate) config: Arc<Config<K>>,
+    /// The table's per-namespace bound, shared with the coordinator and the other shards.
+    pub(crate) budget: Option<KeyBudget<K>>,
 }
 
 /// What to say about a hold being granted.
@@ -323,8 +326,9 @@ impl<'r, K> From<&'r Acquire<K>> for GrantSpec<'r> {
 }
 
 impl<K: Hash + Eq + Clone> Shard<K> {
-    pub(crate) fn new(config: Arc<Config<K>>) -> Self {
+    pub(crate) fn new(config: Arc<Config<K>>, budget: Option<KeyBudget<K>>) -> Self {
         Shard {
+            budget,
             keys: Map::default(),
             owners: Map::default(),
             sessions: Map::default(),
@@ -351,9 +355,9 @@ impl<K: Hash + Eq + Clone> Shard<K> {
     }
 
     /// Acquires a single key without a session when that can be decided in this shard
-    /// alone: granted at once, or a try that fails. Anything that would have to queue,
-    /// or involves a session or a cross-shard bound, answers [`Escalate`] and changes
-    /// nothing.
+    /// alone: granted at once, or a try that fails. A new key takes its place in its
+    /// namespace here (the count is shared by every shard). Anything that would have to
+    /// queue, or involves a session, answers [`Escalate`] and changes nothing.
     ///
     /// The key must belong to this shard ([`crate::Layout::shard_of`]).
     pub fn try_acquire(
@@ -362,7 +366,7 @@ impl<K: Hash + Eq + Clone> Shard<K> {
         now: Instant,
         fx: &mut Effects<K>,
     ) -> Result<Result<Acquired<K>>, Escalate> {
-        if req.keys.len() != 1 || req.session.is_some() || !self.config.fast_path_allowed() {
+        if req.keys.len() != 1 || req.session.is_some() {
             return Err(Escalate);
         }
         if let Err(e) = validate_request(req, &self.config) {
@@ -392,6 +396,10 @@ impl<K: Hash + Eq + Clone> Shard<K> {
                 // coordinator sees those. (A re-entry changes neither.)
                 return Err(Escalate);
             }
+        } else if let Some(budget) = &self.budget {
+            if let Err(e) = budget.reserve([key]) {
+                return Ok(Err(e));
+            }
         }
         let granted = self.grant(key, &GrantSpec::from(req), now, fx);
         Ok(Ok(Acquired::Granted(Grant {
@@ -415,9 +423,6 @@ impl<K: Hash + Eq + Clone> Shard<K> {
         now: Instant,
         fx: &mut Effects<K>,
     ) -> Result<Result<u32>, Escalate> {
-        if !self.config.fast_path_allowed() {
-            return Err(Escalate);
-        }
         let idx = match self.find_hold(key, owner, mode, token) {
             Ok(idx) => idx,
             Err(e) => return Ok(Err(e)),
@@ -638,10 +643,14 @@ impl<K: Hash + Eq + Clone> Shard<K> {
         self.next_timer
     }
 
-    /// Forgets a key with no holds, no waiters and no lock-delay. Returns whether it did.
+    /// Forgets a key with no holds, no waiters and no lock-delay, giving back its place in
+    /// its namespace. Returns whether it did.
     pub(crate) fn drop_if_idle(&mut self, key: &K) -> bool {
         if self.keys.get(key).is_some_and(KeyState::is_idle) {
             self.keys.remove(key);
+            if let Some(budget) = &self.budget {
+                budget.release(key);
+            }
             return true;
         }
         false
