@@ -1,11 +1,14 @@
 //! The `tumbler` command: `tumbler serve` runs the lock server.
 
+mod limits;
+
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use limits::LimitArgs;
 use tumbler_server::{ServerConfig, StoreUrl};
 
 // A server answering tens of thousands of requests a second allocates and frees small
@@ -48,6 +51,8 @@ enum Command {
         /// requests follow closely, as on a contended key.
         #[arg(long, value_parser = tumbler_bench::parse_duration)]
         spin: Option<Duration>,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// Drives load at a lock server (one started in-process, or `--url`) and prints
     /// throughput and latency percentiles per scenario.
@@ -66,12 +71,13 @@ async fn main() -> ExitCode {
         logs.init();
     }
     match cli.command {
-        Command::Serve { listen, store, lock_delays, workers, spin } => {
+        Command::Serve { listen, store, lock_delays, workers, spin, limits } => {
             let defaults = ServerConfig::default();
             let lock_delays = lock_delays.into_iter().collect();
             let workers = workers.unwrap_or(defaults.workers);
             let spin = spin.unwrap_or(defaults.spin);
-            serve(ServerConfig { listen, store, lock_delays, workers, spin, ..defaults }).await
+            let limits = limits.limits();
+            serve(ServerConfig { listen, store, lock_delays, workers, spin, limits, ..defaults }).await
         }
         Command::Bench(args) => match tumbler_bench::run(args).await {
             Ok(()) => ExitCode::SUCCESS,

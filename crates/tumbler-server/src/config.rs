@@ -42,7 +42,7 @@ impl Default for ServerLimits {
             max_keys_per_request: 64,
             max_holds_per_session: Some(10_000),
             max_waiters_per_key: Some(10_000),
-            max_keys_per_namespace: None,
+            max_keys_per_namespace: Some(1_000_000),
             max_sessions: Some(100_000),
             max_event_streams: 1024,
             max_page: 1000,
