@@ -121,13 +121,7 @@ fn build(config: ServerConfig, store: Store, snapshot: Snapshot, stopping: watch
     engine.raise_fencing_floor(snapshot.marks.fencing_high_water);
     let clock = WallClock::new(engine.now());
     let mut sessions = HashMap::new();
-    let mut last_session = match store {
-        // Nothing is kept, not even the ids given out: start above any id an earlier run
-        // could have issued (each run starts at its start time in ms, times 2^20), so that
-        // a client holding an id from before a restart gets 410, not someone else's lease.
-        Store::Memory => clock.unix_ms(engine.now()) << 20,
-        Store::Sqlite(_) => snapshot.marks.last_session,
-    };
+    let mut last_session = snapshot.marks.last_session;
     engine.raise_session_floor(last_session);
     for record in snapshot.sessions {
         engine.restore_session(SessionId(record.id), Duration::from_millis(record.ttl_ms.max(1)));

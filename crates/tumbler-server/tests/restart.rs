@@ -93,16 +93,34 @@ async fn session_ids_are_never_given_out_again_after_a_restart() {
 }
 
 /// With the memory store nothing survives a restart, not even the ids: a client still
-/// holding an id from before is told its session is gone, not given a stranger's lease.
+/// holding an id from before is told its session is gone, not given a stranger's lease;
+/// fencing tokens and revisions keep increasing, so a stale holder's token is below every
+/// new one and a watcher resuming from the earlier run is told its revision is too old.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_memory_server_does_not_reuse_the_session_ids_of_an_earlier_run() {
+async fn a_memory_server_hands_out_nothing_of_an_earlier_run_again() {
     let h = Harness::start().await;
     let old = h.open_session(60_000).await;
+    let mut events = h.events("ns", "", None).await.expect("a stream");
+    let old_token = h.hold("ns", "k", "holder").await["fencing_token"].as_u64().expect("a token");
+    let old_revision = events.next().await.id.expect("a revision");
+    drop(events);
     h.stop().await;
+
     let h = Harness::start().await;
     let new = h.open_session(60_000).await;
     assert_ne!(new, old);
     h.post(&format!("/v1/sessions/{old}/keepalive"), json!({})).await.expect_error(410, "session_expired");
+    let new_token = h.hold("ns", "k", "holder").await["fencing_token"].as_u64().expect("a token");
+    assert!(new_token > old_token, "token {new_token} after {old_token}");
+    assert!(new_token < 1 << 53, "token {new_token} is a JSON number every client reads exactly");
+    let mut resumed = h.events("ns", "", Some(&old_revision.to_string())).await.expect("a stream");
+    let reset = resumed.next().await;
+    assert_eq!((reset.event.as_str(), &reset.data["reason"]), ("reset", &json!("too_old")), "{reset:?}");
+    drop(resumed);
+    let mut events = h.events("ns", "", None).await.expect("a stream");
+    h.release("ns", "k", "holder").await.ok();
+    let next = events.next().await.id.expect("a revision");
+    assert!(next > old_revision, "revision {next} after {old_revision}");
     h.stop().await;
 }
 

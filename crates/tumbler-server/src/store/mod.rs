@@ -103,6 +103,26 @@ pub struct Marks {
     pub last_session: u64,
 }
 
+impl Marks {
+    /// Marks above anything an earlier run can have handed out, for a store that keeps
+    /// nothing: derived from the start time, so that fencing tokens, revisions and session
+    /// ids still increase across restarts. A stale holder's token stays below every new
+    /// one, a watcher resuming from an earlier run's revision is told it is too old rather
+    /// than waiting for a number already handed out, and an earlier session id is 410, not
+    /// a stranger's lease.
+    ///
+    /// Tokens and revisions start at the start time in milliseconds times 2^10, which
+    /// stays below 2^53 (a JSON number any client reads exactly) until the year 2248 and
+    /// leaves room for 1,024 per millisecond of uptime, a million a second; session ids
+    /// (opaque strings) at the start time in milliseconds times 2^20. This holds as long as
+    /// the wall clock does not go back between runs.
+    pub fn above_any_earlier_run() -> Marks {
+        let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let millis = u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX >> 20);
+        Marks { fencing_high_water: millis << 10, last_revision: millis << 10, last_session: millis << 20 }
+    }
+}
+
 /// Everything a store holds, read on start.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
@@ -152,7 +172,7 @@ impl Store {
     /// When the database cannot be read.
     pub async fn load(&self) -> Result<Snapshot, StoreError> {
         match self {
-            Store::Memory => Ok(Snapshot::default()),
+            Store::Memory => Ok(Snapshot { marks: Marks::above_any_earlier_run(), ..Snapshot::default() }),
             Store::Sqlite(s) => s.load().await,
         }
     }
