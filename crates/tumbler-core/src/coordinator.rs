@@ -501,27 +501,22 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
                 .and_then(|ks| ks.hold_index(&pending.owner, pending.mode).map(|i| ks.holds[i].session))
                 .is_some_and(|session| session != pending.session)
         });
-        if other_session {
-            if self.config.record_events {
-                for key in &pending.keys {
-                    self.shard(shards, key).event(EventKind::Cancelled, key, &pending.owner, pending.mode, 0, 0, fx);
-                }
-            }
-            let error = Error::invalid("session", "the owner holds this key under another session");
-            self.drop_idle(shards, &pending.keys);
-            fx.wakes.push(Wake { request, owner: pending.owner, outcome: Err(error) });
-            return false;
-        }
-        // A holder's conversion is granted past the requests queued before it, which then
-        // wait for it: if that closes a cycle, this request closed it.
-        if let Some(cycle) = self.cycle_if_granted(shards, &pending.owner, pending.mode, &pending.keys) {
+        let refusal = if other_session {
+            Some(Error::invalid("session", "the owner holds this key under another session"))
+        } else {
+            // A holder's conversion is granted past the requests queued before it, which
+            // then wait for it: if that closes a cycle, this request closed it.
+            self.cycle_if_granted(shards, &pending.owner, pending.mode, &pending.keys)
+                .map(|cycle| Error::Deadlock { cycle })
+        };
+        if let Some(error) = refusal {
             if self.config.record_events {
                 for key in &pending.keys {
                     self.shard(shards, key).event(EventKind::Cancelled, key, &pending.owner, pending.mode, 0, 0, fx);
                 }
             }
             self.drop_idle(shards, &pending.keys);
-            fx.wakes.push(Wake { request, owner: pending.owner, outcome: Err(Error::Deadlock { cycle }) });
+            fx.wakes.push(Wake { request, owner: pending.owner, outcome: Err(error) });
             return false;
         }
         let grant = self.grant_keys(shards, &pending.keys, &pending.spec(), now, fx);
