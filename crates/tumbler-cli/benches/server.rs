@@ -118,10 +118,11 @@ async fn run() -> anyhow::Result<()> {
         load.warmup.as_secs_f64(),
         settings.rounds,
     );
+    let serve = tumbler_server::ServerConfig::default();
     println!(
         "tumbler: as `tumbler serve` runs by default ({} workers, spin {:?}); clients on {} thread(s); pgbench -j {}",
-        tumbler_server::ServerConfig::default().workers,
-        tumbler_server::ServerConfig::default().spin,
+        serve.workers,
+        serve.spin,
         load.client_threads,
         pgbench_threads(load),
     );

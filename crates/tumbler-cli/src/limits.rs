@@ -12,10 +12,10 @@ pub struct LimitArgs {
     #[arg(long, value_parser = positive)]
     max_body_bytes: Option<usize>,
     /// Longest long-poll a request may ask for with `wait_ms` (`10m` by default).
-    #[arg(long, value_parser = positive_duration)]
+    #[arg(long, value_parser = tumbler_bench::parse_positive_duration)]
     max_wait: Option<Duration>,
     /// Longest TTL of a hold or a session (`1440m`, 24 hours, by default).
-    #[arg(long, value_parser = positive_duration)]
+    #[arg(long, value_parser = tumbler_bench::parse_positive_duration)]
     max_ttl: Option<Duration>,
     /// Keys one acquire may name (64 by default).
     #[arg(long, value_parser = positive)]
@@ -98,11 +98,6 @@ fn bound(text: &str) -> Result<Bound, String> {
         "none" => Ok(Bound(None)),
         _ => positive(text).map(|n| Bound(Some(n))),
     }
-}
-
-/// A duration above zero, as `tumbler bench` writes them (`500ms`, `30s`, `10m`).
-fn positive_duration(text: &str) -> Result<Duration, String> {
-    tumbler_bench::parse_positive_duration(text)
 }
 
 #[cfg(test)]

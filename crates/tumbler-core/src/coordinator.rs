@@ -445,14 +445,14 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
                         });
                     if ready {
                         let others: SmallVec<[K; 4]> = pending.keys.iter().filter(|k| *k != &key).cloned().collect();
-                        let owner = pending.owner.clone();
+                        // A later request of the same owner was judged as a newcomer's; once
+                        // the owner holds the key it is a re-entry, judged on the holds alone,
+                        // and may be grantable. (The owner's waits still include this one.)
+                        let waits_more = self.waits_by_owner.get(&pending.owner).is_some_and(|w| w.len() > 1);
                         let granted = self.grant_pending(shards, request, now, fx);
                         work.extend(others);
                         granted_any = true;
-                        // A later request of the same owner was judged as a newcomer's; now
-                        // that the owner holds the key it is a re-entry, judged on the holds
-                        // alone, and may be grantable.
-                        look_again |= !granted || self.waits_by_owner.contains_key(&owner);
+                        look_again |= !granted || waits_more;
                     } else {
                         look_again = true;
                     }
