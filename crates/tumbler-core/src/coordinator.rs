@@ -597,8 +597,30 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
             return Ok(shard.release_level(key, idx, now, fx));
         }
         self.end_hold(shards, key, idx, None, now, fx);
-        self.pump(shards, [key.clone()], now, fx);
+        self.hand_off(shards, key, now, fx);
         Ok(0)
+    }
+
+    /// [`Coordinator::pump`] for a key whose hold just ended, with a shortcut for the
+    /// hand-off of a hot key: when no hold is left, no lock-delay runs and the first
+    /// waiter asks for this key alone, that waiter is granted at once (every mode is
+    /// compatible with a free key, and nobody is ahead of it). The full pump runs only for
+    /// what may follow: more waiters, or an owner whose hold ended while it waits here.
+    fn hand_off(&mut self, shards: &mut dyn Shards<K>, key: &K, now: Instant, fx: &mut Effects<K>) {
+        let head = self
+            .key_state(shards, key)
+            .filter(|ks| ks.holds.is_empty() && !ks.delayed(now))
+            .and_then(|ks| ks.queue.front())
+            .map(|entry| entry.request)
+            .filter(|request| self.pending.get(request).is_some_and(|p| p.keys.len() == 1));
+        if let Some(request) = head {
+            self.grant_pending(shards, request, now, fx);
+            let settled = self.key_state(shards, key).is_none_or(|ks| ks.queue.is_empty());
+            if settled && self.demoted.is_empty() {
+                return;
+            }
+        }
+        self.pump(shards, [key.clone()], now, fx);
     }
 
     /// Ends a hold entirely (all levels), keeping session counts right.

@@ -1,7 +1,9 @@
 //! Owners: the identity that re-enters a lock.
 
+use std::cmp::Ordering;
 use std::fmt;
-use std::sync::Arc;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::{Arc, OnceLock};
 
 use crate::error::{Error, Result};
 
@@ -12,9 +14,23 @@ pub const MAX_OWNER_CHARS: usize = 256;
 /// PostgreSQL session. A request by the same owner for a key it holds in the same mode
 /// re-enters that hold and increments its count.
 ///
-/// Cheap to clone (a shared string). Always 1 to 256 characters.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct OwnerId(Arc<str>);
+/// Cheap to clone (a shared string). Always 1 to 256 characters. Equality and order are
+/// those of the text.
+#[derive(Clone)]
+pub struct OwnerId {
+    text: Arc<str>,
+    /// The text's hash, computed once: every lock operation looks owners up in the owner
+    /// index and compares them with the owners of holds and queue entries, and two
+    /// different owners then differ here without their texts being compared.
+    hash: u64,
+}
+
+/// The seed of owner hashes: random per process, as the table's maps are per map, so that
+/// owner ids that collide cannot be chosen in advance.
+fn owner_hasher() -> &'static foldhash::quality::RandomState {
+    static HASHER: OnceLock<foldhash::quality::RandomState> = OnceLock::new();
+    HASHER.get_or_init(foldhash::quality::RandomState::default)
+}
 
 impl OwnerId {
     /// Validates and wraps an owner id.
@@ -34,30 +50,56 @@ impl OwnerId {
         if id.chars().any(char::is_control) {
             return Err(Error::invalid("owner", "must not contain control characters"));
         }
-        Ok(OwnerId(Arc::from(id)))
+        Ok(OwnerId { text: Arc::from(id), hash: owner_hasher().hash_one(id) })
     }
 
     /// The id as text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.text
     }
 
-    /// Whether two ids are the same allocation or the same text (pointer check first,
-    /// because most comparisons in the table are between clones of one id).
+    /// Whether two ids are the same: the same allocation (most comparisons in the table
+    /// are between clones of one id), or the same hash and text.
     pub(crate) fn same(&self, other: &OwnerId) -> bool {
-        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+        Arc::ptr_eq(&self.text, &other.text) || (self.hash == other.hash && self.text == other.text)
+    }
+}
+
+impl PartialEq for OwnerId {
+    fn eq(&self, other: &OwnerId) -> bool {
+        self.same(other)
+    }
+}
+
+impl Eq for OwnerId {}
+
+impl Hash for OwnerId {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+impl PartialOrd for OwnerId {
+    fn partial_cmp(&self, other: &OwnerId) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for OwnerId {
+    fn cmp(&self, other: &OwnerId) -> Ordering {
+        self.text.cmp(&other.text)
     }
 }
 
 impl fmt::Debug for OwnerId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
+        fmt::Debug::fmt(&*self.text, f)
     }
 }
 
 impl fmt::Display for OwnerId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.text)
     }
 }
 
@@ -79,5 +121,16 @@ mod tests {
         let err = OwnerId::new("x".repeat(257)).unwrap_err();
         assert!(matches!(err, Error::InvalidArgument { field: "owner", .. }));
         assert!(OwnerId::new("a\nb").is_err());
+    }
+
+    #[test]
+    fn ids_with_the_same_text_are_equal_hash_alike_and_order_by_text() {
+        let (a, b, c) =
+            (OwnerId::new("mem-1").unwrap(), OwnerId::new("mem-1").unwrap(), OwnerId::new("mem-2").unwrap());
+        let hash = |o: &OwnerId| foldhash::fast::FixedState::with_seed(7).hash_one(o);
+        assert!(a == b && a.same(&b) && hash(&a) == hash(&b));
+        assert!(a != c && !a.same(&c));
+        assert_eq!(a.cmp(&b), Ordering::Equal);
+        assert!(a < c && "mem-10" < "mem-2" && OwnerId::new("mem-10").unwrap() < c);
     }
 }
