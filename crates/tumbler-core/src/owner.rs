@@ -25,8 +25,9 @@ pub struct OwnerId {
     hash: u64,
 }
 
-/// The seed of owner hashes: random per process, as the table's maps are per map, so that
-/// owner ids that collide cannot be chosen in advance.
+/// The hasher of owner ids, seeded at random once per process (the table's maps are each
+/// seeded at random too), so that owner ids whose hashes collide cannot be chosen in
+/// advance to slow the owner index down.
 fn owner_hasher() -> &'static foldhash::quality::RandomState {
     static HASHER: OnceLock<foldhash::quality::RandomState> = OnceLock::new();
     HASHER.get_or_init(foldhash::quality::RandomState::default)
