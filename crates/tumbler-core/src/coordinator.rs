@@ -420,7 +420,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
         now: Instant,
         fx: &mut Effects<K>,
     ) {
-        let mut work: Vec<K> = keys.into_iter().collect();
+        let mut work: SmallVec<[K; 4]> = keys.into_iter().collect();
         while let Some(key) = work.pop() {
             while let Some(ks) = self.key_state(shards, &key) {
                 let candidates = admissible_entries(ks, now);
@@ -602,16 +602,15 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
     }
 
     /// [`Coordinator::pump`] for a key whose hold just ended, with a shortcut for the
-    /// hand-off of a hot key: when no hold is left, no lock-delay runs and the first
-    /// waiter asks for this key alone, that waiter is granted at once (every mode is
-    /// compatible with a free key, and nobody is ahead of it). The full pump runs only for
-    /// what may follow: more waiters, or an owner whose hold ended while it waits here.
+    /// hand-off of a hot key: a first waiter that asks for this key alone and that the key
+    /// admits now is granted at once, as the pump would grant it first. The full pump runs
+    /// only for what may follow: more waiters, or an owner whose hold ended while it waits
+    /// here.
     fn hand_off(&mut self, shards: &mut dyn Shards<K>, key: &K, now: Instant, fx: &mut Effects<K>) {
         let head = self
             .key_state(shards, key)
-            .filter(|ks| ks.holds.is_empty() && !ks.delayed(now))
-            .and_then(|ks| ks.queue.front())
-            .map(|entry| entry.request)
+            .and_then(|ks| ks.queue.front().filter(|head| ks.admits(&head.owner, head.mode, 0, now)))
+            .map(|head| head.request)
             .filter(|request| self.pending.get(request).is_some_and(|p| p.keys.len() == 1));
         if let Some(request) = head {
             self.grant_pending(shards, request, now, fx);
