@@ -36,7 +36,8 @@ pub struct Config<K> {
     /// Whether operations report [`crate::Event`]s in their effects. Off, the table does
     /// no event work at all (the in-process backend turns it on only for watchers).
     pub record_events: bool,
-    /// How many shards the table's keys are spread over (at least 1).
+    /// How many shards the table's keys are spread over (at least 1, at most
+    /// [`crate::Layout::MAX_SHARDS`]).
     pub shards: usize,
     /// Which namespace a key belongs to, for per-namespace limits.
     pub namespace_of: Option<fn(&K) -> &str>,

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeSet;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,8 +26,8 @@ use crate::owner::OwnerId;
 use crate::request::{Acquire, Acquired, Grant, Granted, RequestId, Wait};
 use crate::session::{SessionId, SessionInfo};
 use crate::shard::{
-    check_compatible_request, retried_granted, validate_request, Entry, GrantSpec, Hold, KeyState, Occupancy,
-    RestoredHold, Shard, Shards, Timer,
+    check_compatible_request, retried_granted, validate_request, Entry, GrantSpec, Hold, KeyState, LocalWait,
+    Occupancy, RestoredHold, Shard, Shards, Timer,
 };
 use crate::time::Instant;
 
@@ -108,6 +109,10 @@ pub struct Coordinator<K> {
     session_deadlines: BTreeSet<(Instant, SessionId)>,
     /// The per-namespace bound, shared with the shards.
     budget: Option<KeyBudget<K>>,
+    /// How many requests live in shards ([`RequestId::home`]); the coordinator keeps the
+    /// others in `pending`. Shards lower it when they grant one on their own, which only
+    /// ever removes edges from the wait-for graph, so a stale read overstates the count.
+    local_waits: Arc<AtomicUsize>,
     last_request: u64,
     last_session: u64,
     /// Owners whose last hold of a key ended while they wait for that key: their requests
@@ -124,6 +129,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
         Coordinator {
             layout,
             budget: KeyBudget::of(&config),
+            local_waits: Arc::default(),
             config: Arc::new(config),
             pending: Map::default(),
             waits_by_owner: Map::default(),
@@ -139,7 +145,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
 
     /// Makes one of the table's shards (call it `layout().shards()` times).
     pub fn new_shard(&self) -> Shard<K> {
-        Shard::new(self.config.clone(), self.budget.clone())
+        Shard::new(self.config.clone(), self.budget.clone(), self.local_waits.clone())
     }
 
     /// Which shard each key lives in.
@@ -210,7 +216,8 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
             // The last check: from here the grant cannot fail, so the places are used.
             self.reserve_new_keys(shards, &req.keys)?;
             let grant = self.grant_keys(shards, &req.keys, &GrantSpec::from(&req), now, fx);
-            if self.waits_by_owner.contains_key(&req.owner) {
+            let waits_here = |ks: &KeyState| ks.queue.iter().any(|e| e.owner.same(&req.owner));
+            if req.keys.iter().any(|k| self.key_state(shards, k).is_some_and(waits_here)) {
                 // The owner may now hold a key it also waits for: its queued request there is
                 // checked against holds only from now on, and may be grantable.
                 self.pump(shards, req.keys.iter().cloned(), now, fx);
@@ -266,11 +273,20 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
         // The last check: the keys get state next (a deadlock found below drops it again,
         // giving the places back).
         self.reserve_new_keys(shards, &req.keys)?;
+        let deadline = match req.wait {
+            Wait::Timeout(d) => Some(now + d),
+            _ => None,
+        };
+        // A plain wait for one key lives in that key's shard, which can then hand the key
+        // to it alone; everything else the coordinator keeps.
+        let local = req.keys.len() == 1 && req.session.is_none() && req.request_id.is_none() && deadline.is_none();
+        let home = local.then(|| self.layout.shard_of(&req.keys[0]));
         self.last_request += 1;
-        let request = RequestId(self.last_request);
+        let request = RequestId::new(self.last_request, home);
         for key in &req.keys {
             let ks = self.shard_mut(shards, key).keys.entry(key.clone()).or_default();
-            let entry = Entry { request, owner: req.owner.clone(), mode: req.mode };
+            let local = local.then_some(LocalWait { ttl: req.ttl, lock_delay: req.lock_delay });
+            let entry = Entry { request, owner: req.owner.clone(), mode: req.mode, local };
             if ks.holds_of(&req.owner) {
                 // A holder's conversion goes ahead of requests by non-holders: they wait for
                 // its hold anyway, and queueing it behind them would deadlock it at once.
@@ -280,36 +296,43 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
                 ks.queue.push_back(entry);
             }
         }
-        let deadline = match req.wait {
-            Wait::Timeout(d) => Some(now + d),
-            _ => None,
-        };
-        let pending = Pending {
-            owner: req.owner,
-            keys: req.keys,
-            mode: req.mode,
-            ttl: req.ttl,
-            session: req.session,
-            deadline,
-            request_id: req.request_id,
-            lock_delay: req.lock_delay,
-        };
-        let owner = pending.owner.clone();
-        self.waits_by_owner.entry(owner.clone()).or_default().push(request);
-        self.pending.insert(request, pending);
+        let owner = req.owner.clone();
+        let first_key = req.keys[0].clone();
+        if local {
+            self.shard_mut(shards, &first_key)
+                .waits
+                .entry(owner.clone())
+                .or_default()
+                .push((first_key.clone(), request));
+            self.local_waits.fetch_add(1, Ordering::Relaxed);
+        } else {
+            let pending = Pending {
+                owner: req.owner,
+                keys: req.keys,
+                mode: req.mode,
+                ttl: req.ttl,
+                session: req.session,
+                deadline,
+                request_id: req.request_id,
+                lock_delay: req.lock_delay,
+            };
+            self.waits_by_owner.entry(owner.clone()).or_default().push(request);
+            self.pending.insert(request, pending);
+        }
         // A new wait closes a cycle only if someone already waits for its owner.
-        // (With a single waiting owner there is no cycle either, and that is cheaper to see.)
-        let cycle = match self.waits_by_owner.len() >= 2 && self.may_be_waited_for(shards, &owner) {
+        // (With a single wait there is no cycle either, and that is cheaper to see.)
+        let cycle = match self.waiting() >= 2 && self.may_be_waited_for(shards, &owner) {
             true => self.find_cycle(shards, &owner),
             false => None,
         };
         if let Some(cycle) = cycle {
-            self.unqueue(shards, request, IdleKeys::Drop);
+            self.unqueue(shards, request, Some(&first_key), IdleKeys::Drop);
             return Err(Error::Deadlock { cycle });
         }
-        let pending = &self.pending[&request];
-        if let Some(id) = &pending.request_id {
-            self.retries.insert((owner, id.clone()), request);
+        if let Some(pending) = self.pending.get(&request) {
+            if let Some(id) = &pending.request_id {
+                self.retries.insert((owner, id.clone()), request);
+            }
         }
         if let Some(at) = deadline {
             self.deadlines.insert((at, request));
@@ -322,7 +345,37 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
     /// returning it and the keys whose queues it left. A key it leaves idle is dropped
     /// unless `idle` says to keep it (for a grant: the key keeps its place in its
     /// namespace rather than giving it back and taking it again).
-    fn unqueue(&mut self, shards: &mut dyn Shards<K>, request: RequestId, idle: IdleKeys) -> Option<Pending<K>> {
+    ///
+    /// `key` is where the request waits, when the caller knows it; a request living in a
+    /// shard is otherwise looked for among that shard's waits.
+    fn unqueue(
+        &mut self,
+        shards: &mut dyn Shards<K>,
+        request: RequestId,
+        key: Option<&K>,
+        idle: IdleKeys,
+    ) -> Option<Pending<K>> {
+        if let Some(home) = request.home() {
+            if home >= shards.count() {
+                return None;
+            }
+            let shard = shards.get(home);
+            let (key, entry) = shard.take_local(request, key)?;
+            if idle == IdleKeys::Drop {
+                shard.drop_if_idle(&key);
+            }
+            let local = entry.local.expect("BUG: take_local answers local entries");
+            return Some(Pending {
+                owner: entry.owner,
+                keys: SmallVec::from_buf([key]),
+                mode: entry.mode,
+                ttl: local.ttl,
+                session: None,
+                deadline: None,
+                request_id: None,
+                lock_delay: local.lock_delay,
+            });
+        }
         let pending = self.pending.remove(&request)?;
         for key in &pending.keys {
             let shard = self.shard_mut(shards, key);
@@ -429,27 +482,41 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
                 // consider: only when a candidate was passed over or failed.
                 let mut look_again = false;
                 for (i, request) in candidates.iter().copied().enumerate() {
-                    let Some(pending) = self.pending.get(&request) else {
-                        look_again = true;
-                        continue;
-                    };
                     // The first candidate of a single key was judged on this key as it still
                     // is; any other is judged afresh: grants earlier in this pass may have
                     // changed any key.
-                    let ready = (i == 0 && pending.keys.len() == 1)
-                        || pending.keys.iter().all(|k| {
-                            self.key_state(shards, k).is_some_and(|ks| {
-                                let pos = ks.queue.iter().position(|e| e.request == request);
-                                pos.is_some_and(|pos| ks.admits(&pending.owner, pending.mode, pos, now))
-                            })
-                        });
+                    let (ready, owner, others) = if request.home().is_some() {
+                        let ks = self.key_state(shards, &key).expect("BUG: pumping an absent key");
+                        let Some(pos) = ks.queue.iter().position(|e| e.request == request) else {
+                            look_again = true;
+                            continue;
+                        };
+                        let entry = &ks.queue[pos];
+                        let ready = i == 0 || ks.admits(&entry.owner, entry.mode, pos, now);
+                        (ready, entry.owner.clone(), SmallVec::<[K; 4]>::new())
+                    } else {
+                        let Some(pending) = self.pending.get(&request) else {
+                            look_again = true;
+                            continue;
+                        };
+                        let ready = (i == 0 && pending.keys.len() == 1)
+                            || pending.keys.iter().all(|k| {
+                                self.key_state(shards, k).is_some_and(|ks| {
+                                    let pos = ks.queue.iter().position(|e| e.request == request);
+                                    pos.is_some_and(|pos| ks.admits(&pending.owner, pending.mode, pos, now))
+                                })
+                            });
+                        let others = pending.keys.iter().filter(|k| *k != &key).cloned().collect();
+                        (ready, pending.owner.clone(), others)
+                    };
                     if ready {
-                        let others: SmallVec<[K; 4]> = pending.keys.iter().filter(|k| *k != &key).cloned().collect();
-                        // A later request of the same owner was judged as a newcomer's; once
-                        // the owner holds the key it is a re-entry, judged on the holds alone,
-                        // and may be grantable. (The owner's waits still include this one.)
-                        let waits_more = self.waits_by_owner.get(&pending.owner).is_some_and(|w| w.len() > 1);
-                        let granted = self.grant_pending(shards, request, now, fx);
+                        let granted = self.grant_pending(shards, request, Some(&key), now, fx);
+                        // A later request of the same owner here was judged as a newcomer's;
+                        // once the owner holds the key it is a re-entry, judged on the holds
+                        // alone, and may be grantable. (Its other keys are pumped anyway.)
+                        let waits_more = self
+                            .key_state(shards, &key)
+                            .is_some_and(|ks| ks.queue.iter().any(|e| e.owner.same(&owner)));
                         work.extend(others);
                         granted_any = true;
                         look_again |= !granted || waits_more;
@@ -467,10 +534,13 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
         // there too. If that closed a cycle, its requests on that key closed it: they fail.
         while let Some((owner, key)) = self.demoted.pop() {
             let Some(cycle) = self.find_cycle(shards, &owner) else { continue };
-            let requests: SmallVec<[RequestId; 2]> =
-                self.waits_by_owner[&owner].iter().filter(|r| self.pending[r].keys.contains(&key)).copied().collect();
+            let requests: SmallVec<[RequestId; 2]> = self
+                .key_state(shards, &key)
+                .map(|ks| ks.queue.iter().filter(|e| e.owner.same(&owner)).map(|e| e.request).collect())
+                .unwrap_or_default();
             for request in requests {
-                self.fail_pending(shards, request, Some(Error::Deadlock { cycle: cycle.clone() }), now, fx);
+                let error = Some(Error::Deadlock { cycle: cycle.clone() });
+                self.fail_pending(shards, request, Some(&key), error, now, fx);
             }
         }
     }
@@ -488,11 +558,12 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
         &mut self,
         shards: &mut dyn Shards<K>,
         request: RequestId,
+        key: Option<&K>,
         now: Instant,
         fx: &mut Effects<K>,
     ) -> bool {
         let pending =
-            self.unqueue(shards, request, IdleKeys::Keep).expect("BUG: granting a request that is not queued");
+            self.unqueue(shards, request, key, IdleKeys::Keep).expect("BUG: granting a request that is not queued");
         // The owner may have come to hold a key in this mode under another session while
         // the request waited; as for an immediate grant, its level may not join that hold
         // (it would live and die with the wrong session).
@@ -534,18 +605,21 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
         now: Instant,
         fx: &mut Effects<K>,
     ) -> bool {
-        self.fail_pending(shards, request, None, now, fx)
+        self.fail_pending(shards, request, None, None, now, fx)
     }
 
+    /// Withdraws a queued request (waiting on `key`, when the caller knows where) and
+    /// reconsiders the queues it leaves; with an `error`, its waiter is told.
     fn fail_pending(
         &mut self,
         shards: &mut dyn Shards<K>,
         request: RequestId,
+        key: Option<&K>,
         error: Option<Error>,
         now: Instant,
         fx: &mut Effects<K>,
     ) -> bool {
-        let Some(keys) = self.withdraw(shards, request, error, fx) else { return false };
+        let Some(keys) = self.withdraw(shards, request, key, error, fx) else { return false };
         self.pump(shards, keys, now, fx);
         true
     }
@@ -556,10 +630,11 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
         &mut self,
         shards: &mut dyn Shards<K>,
         request: RequestId,
+        key: Option<&K>,
         error: Option<Error>,
         fx: &mut Effects<K>,
     ) -> Option<SmallVec<[K; 1]>> {
-        let pending = self.unqueue(shards, request, IdleKeys::Drop)?;
+        let pending = self.unqueue(shards, request, key, IdleKeys::Drop)?;
         if self.config.record_events {
             for key in &pending.keys {
                 self.shard(shards, key).event(EventKind::Cancelled, key, &pending.owner, pending.mode, 0, 0, fx);
@@ -611,9 +686,9 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
             .key_state(shards, key)
             .and_then(|ks| ks.queue.front().filter(|head| ks.admits(&head.owner, head.mode, 0, now)))
             .map(|head| head.request)
-            .filter(|request| self.pending.get(request).is_some_and(|p| p.keys.len() == 1));
+            .filter(|request| request.home().is_some() || self.pending.get(request).is_some_and(|p| p.keys.len() == 1));
         if let Some(request) = head {
-            self.grant_pending(shards, request, now, fx);
+            self.grant_pending(shards, request, Some(key), now, fx);
             let settled = self.key_state(shards, key).is_none_or(|ks| ks.queue.is_empty());
             if settled && self.demoted.is_empty() {
                 return;
@@ -777,9 +852,8 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
         now: Instant,
         fx: &mut Effects<K>,
     ) -> usize {
-        let waits: SmallVec<[RequestId; 2]> = self.waits_by_owner.get(owner).cloned().unwrap_or_default();
-        for request in waits {
-            self.fail_pending(shards, request, Some(Error::SessionExpired), now, fx);
+        for (request, key) in self.waits_of(shards, owner) {
+            self.fail_pending(shards, request, key.as_ref(), Some(Error::SessionExpired), now, fx);
         }
         let reason = if voluntary { LostReason::Goodbye } else { LostReason::OwnerEnded };
         let mut touched = Vec::new();
@@ -894,7 +968,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
             self.pending.iter().filter(|(_, p)| p.session == Some(id)).map(|(r, _)| *r).collect();
         let mut touched = Vec::new();
         for request in waits {
-            touched.extend(self.withdraw(shards, request, Some(Error::SessionExpired), fx).into_iter().flatten());
+            touched.extend(self.withdraw(shards, request, None, Some(Error::SessionExpired), fx).into_iter().flatten());
         }
         for i in 0..shards.count() {
             let Some(held) = shards.get(i).sessions.get(&id).cloned() else { continue };
@@ -942,7 +1016,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
                     }
                 }
             } else if let Some((_, request)) = wait {
-                self.fail_pending(shards, request, Some(Error::Timeout), now, fx);
+                self.fail_pending(shards, request, None, Some(Error::Timeout), now, fx);
             }
         }
     }
@@ -1044,13 +1118,12 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
     }
 
     /// How many requests are queued in all.
+    ///
+    /// Requests living in shards are counted as of the last time each shard changed, so
+    /// while shards work beside the caller the count may include a request a shard has
+    /// just granted.
     pub fn waiting(&self) -> usize {
-        self.pending.len()
-    }
-
-    /// The owner of a queued request.
-    pub fn waiting_owner(&self, request: RequestId) -> Option<&OwnerId> {
-        self.pending.get(&request).map(|p| &p.owner)
+        self.pending.len() + self.local_waits.load(Ordering::Relaxed)
     }
 
     /// The cycle of owners waiting on each other that granting `keys` to `owner` in `mode`
@@ -1064,7 +1137,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
         mode: Mode,
         keys: &[K],
     ) -> Option<Vec<OwnerId>> {
-        if !self.waits_by_owner.contains_key(owner) {
+        if self.waiting() == 0 {
             return None;
         }
         let mut placed: SmallVec<[&K; 4]> = SmallVec::new();
@@ -1085,7 +1158,11 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
             });
             placed.push(key);
         }
-        let cycle = if placed.is_empty() { None } else { self.find_cycle(shards, owner) };
+        // A new hold closes a cycle only if its owner waits, too.
+        let cycle = match placed.is_empty() || !self.waits_anywhere(shards, owner) {
+            true => None,
+            false => self.find_cycle(shards, owner),
+        };
         for key in placed {
             self.shard_mut(shards, key).keys.get_mut(key).expect("BUG: placed above").holds.pop();
         }
@@ -1099,8 +1176,14 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
     fn find_cycle(&self, shards: &mut dyn Shards<K>, start: &OwnerId) -> Option<Vec<OwnerId>> {
         // Every owner of a cycle waits for the next one, so a cycle needs two owners with
         // queued requests (an owner's own holds never block it).
-        if self.waits_by_owner.len() < 2 {
+        if self.waiting() < 2 {
             return None;
+        }
+        // Shards may grant requests living in them while the coordinator works, which only
+        // removes edges from the graph; taking every shard first makes the search read one
+        // graph, not edges from different moments that never formed a cycle together.
+        for i in 0..shards.count() {
+            shards.get(i);
         }
         let mut path = self.path_to_any(shards, start, std::slice::from_ref(start))?;
         path.pop();
@@ -1116,15 +1199,55 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
     /// through the whole queue, per arrival, into one look at each queue's tail and at each
     /// shard's owner index.
     fn may_be_waited_for(&self, shards: &mut dyn Shards<K>, owner: &OwnerId) -> bool {
-        for request in self.waits_by_owner.get(owner).into_iter().flatten() {
-            for key in &self.pending[request].keys {
+        for (request, _, keys) in self.waits_with_keys(shards, owner) {
+            for key in &keys {
                 let ks = self.key_state(shards, key).expect("BUG: queued on an absent key");
-                if ks.queue.back().is_none_or(|e| e.request != *request) {
+                if ks.queue.back().is_none_or(|e| e.request != request) {
                     return true;
                 }
             }
         }
         (0..shards.count()).any(|i| shards.get(i).owners.contains_key(owner))
+    }
+
+    /// Whether `owner` has a queued request, wherever it lives.
+    fn waits_anywhere(&self, shards: &mut dyn Shards<K>, owner: &OwnerId) -> bool {
+        self.waits_by_owner.contains_key(owner)
+            || (self.local_waits.load(Ordering::Relaxed) > 0
+                && (0..shards.count()).any(|i| shards.get(i).waits.contains_key(owner)))
+    }
+
+    /// The queued requests of `owner`: those the coordinator keeps (without a key), then
+    /// those living in shards (with theirs).
+    fn waits_of(&self, shards: &mut dyn Shards<K>, owner: &OwnerId) -> Vec<(RequestId, Option<K>)> {
+        let mut out: Vec<(RequestId, Option<K>)> =
+            self.waits_by_owner.get(owner).into_iter().flatten().map(|r| (*r, None)).collect();
+        if self.local_waits.load(Ordering::Relaxed) > 0 {
+            for i in 0..shards.count() {
+                let waits = shards.get(i).waits.get(owner).into_iter().flatten();
+                out.extend(waits.map(|(k, r)| (*r, Some(k.clone()))));
+            }
+        }
+        out
+    }
+
+    /// The queued requests of `owner` with their modes and keys, wherever they live.
+    fn waits_with_keys(&self, shards: &mut dyn Shards<K>, owner: &OwnerId) -> Vec<(RequestId, Mode, SmallVec<[K; 1]>)> {
+        let mut out = Vec::new();
+        for (request, key) in self.waits_of(shards, owner) {
+            match key {
+                Some(key) => {
+                    let ks = self.key_state(shards, &key).expect("BUG: queued on an absent key");
+                    let entry = ks.queue.iter().find(|e| e.request == request).expect("BUG: not in its queue");
+                    out.push((request, entry.mode, SmallVec::from_buf([key])));
+                }
+                None => {
+                    let pending = &self.pending[&request];
+                    out.push((request, pending.mode, pending.keys.clone()));
+                }
+            }
+        }
+        out
     }
 
     /// A path `from -> ... -> t` in the wait-for graph ending at the first owner `t` of
@@ -1135,7 +1258,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
         }
         let first = self.blockers_of(shards, from);
         // The common case, a plain wait behind holders that wait for nothing: no path.
-        if !first.iter().any(|b| targets.iter().any(|t| t.same(b)) || self.waits_by_owner.contains_key(b)) {
+        if !first.iter().any(|b| targets.iter().any(|t| t.same(b)) || self.waits_anywhere(shards, b)) {
             return None;
         }
         let mut visited: crate::hash::Set<OwnerId> = crate::hash::Set::default();
@@ -1164,12 +1287,11 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
 
     fn blockers_of(&self, shards: &mut dyn Shards<K>, owner: &OwnerId) -> Vec<OwnerId> {
         let mut out = Vec::new();
-        for request in self.waits_by_owner.get(owner).into_iter().flatten() {
-            let pending = &self.pending[request];
-            for key in &pending.keys {
+        for (request, mode, keys) in self.waits_with_keys(shards, owner) {
+            for key in &keys {
                 let ks = self.key_state(shards, key).expect("BUG: queued on an absent key");
-                let pos = ks.queue.iter().position(|e| e.request == *request).expect("BUG: not in its queue");
-                ks.blockers(owner, pending.mode, pos, &mut out);
+                let pos = ks.queue.iter().position(|e| e.request == request).expect("BUG: not in its queue");
+                ks.blockers(owner, mode, pos, &mut out);
             }
         }
         out

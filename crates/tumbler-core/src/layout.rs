@@ -14,9 +14,13 @@ pub struct Layout {
 }
 
 impl Layout {
-    /// A layout over `shards` shards (at least 1).
+    /// The most shards a table has: a request id names its shard in 16 bits
+    /// ([`crate::RequestId::home`]). More are clamped to this.
+    pub const MAX_SHARDS: usize = (1 << crate::RequestId::HOME_BITS) - 1;
+
+    /// A layout over `shards` shards (at least 1, at most [`Layout::MAX_SHARDS`]).
     pub fn new(shards: usize) -> Self {
-        Layout { shards: shards.max(1), hasher: RandomState::default() }
+        Layout { shards: shards.clamp(1, Self::MAX_SHARDS), hasher: RandomState::default() }
     }
 
     /// How many shards there are.

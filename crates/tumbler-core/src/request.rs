@@ -12,8 +12,32 @@ use crate::time::Instant;
 
 /// Identifies one waiting request. Ids come from one counter per table and are handed out
 /// in arrival order: this is the global arrival sequence that orders every key's queue.
+///
+/// The low [`RequestId::HOME_BITS`] bits name the request's home: zero for a request the
+/// coordinator keeps, `1 + i` for one that lives in shard `i` (see [`RequestId::home`]).
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RequestId(pub u64);
+
+impl RequestId {
+    /// How many low bits of an id name its home.
+    pub const HOME_BITS: u32 = 16;
+
+    /// The id with sequence number `sequence` and home `shard`.
+    pub(crate) fn new(sequence: u64, shard: Option<usize>) -> Self {
+        let home = shard.map_or(0, |i| i as u64 + 1);
+        debug_assert!(home < 1 << Self::HOME_BITS, "BUG: more shards than a request id can name");
+        RequestId(sequence << Self::HOME_BITS | home)
+    }
+
+    /// The shard a request lives in, when it lives in one: a wait for one key alone, with no
+    /// session, request id or time bound, is kept entirely by its key's shard, which can
+    /// then grant it without the coordinator (the hand-off of a hot key). Callers that keep
+    /// per-shard state about waiters (whom to wake) file such a request under this shard.
+    pub fn home(self) -> Option<usize> {
+        let home = self.0 & ((1 << Self::HOME_BITS) - 1);
+        (home != 0).then(|| home as usize - 1)
+    }
+}
 
 /// How long an acquire may wait.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]

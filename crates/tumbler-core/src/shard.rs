@@ -9,13 +9,14 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::hash::Hash;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use smallvec::SmallVec;
 
 use crate::config::Config;
-use crate::effects::{Effects, Lost, LostReason};
+use crate::effects::{Effects, Lost, LostReason, Wake};
 use crate::error::{Error, Holder, Result};
 use crate::event::{Event, EventKind};
 use crate::hash::Map;
@@ -83,6 +84,17 @@ pub(crate) struct Entry {
     pub request: RequestId,
     pub owner: OwnerId,
     pub mode: Mode,
+    /// For a request that lives in this shard ([`RequestId::home`]): the rest of what
+    /// granting it takes. `None` for a request the coordinator keeps.
+    pub local: Option<LocalWait>,
+}
+
+/// What a request living in its shard asks for beyond its key, owner and mode: it has no
+/// session, request id or time bound, so this is all a grant needs.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LocalWait {
+    pub ttl: Option<Duration>,
+    pub lock_delay: Option<Duration>,
 }
 
 /// Everything about one key with holds, waiters, or a running lock-delay.
@@ -292,6 +304,12 @@ pub struct Shard<K> {
     pub(crate) owners: Map<OwnerId, SmallVec<[(K, Mode); 2]>>,
     pub(crate) sessions: Map<SessionId, SmallVec<[SessionHold<K>; 2]>>,
     pub(crate) timers: BTreeMap<(Instant, u64), Timer<K>>,
+    /// The requests living in this shard, by owner, with their keys: what the
+    /// coordinator's wait-for graph and an owner's end need to find them.
+    pub(crate) waits: Map<OwnerId, SmallVec<[(K, RequestId); 1]>>,
+    /// How many requests live in shards, counted across all of them (shared with the
+    /// coordinator, which reads it to skip deadlock searches when fewer than two wait).
+    pub(crate) local_waits: Arc<AtomicUsize>,
     next_timer: u64,
     /// The last fencing token handed out by this shard. Every key lives in exactly one
     /// shard, so one increasing counter per shard makes tokens strictly increase per key
@@ -326,13 +344,15 @@ impl<'r, K> From<&'r Acquire<K>> for GrantSpec<'r> {
 }
 
 impl<K: Hash + Eq + Clone> Shard<K> {
-    pub(crate) fn new(config: Arc<Config<K>>, budget: Option<KeyBudget<K>>) -> Self {
+    pub(crate) fn new(config: Arc<Config<K>>, budget: Option<KeyBudget<K>>, local_waits: Arc<AtomicUsize>) -> Self {
         Shard {
             budget,
             keys: Map::default(),
             owners: Map::default(),
             sessions: Map::default(),
             timers: BTreeMap::new(),
+            waits: Map::default(),
+            local_waits,
             next_timer: 0,
             last_token: 0,
             config,
@@ -411,9 +431,12 @@ impl<K: Hash + Eq + Clone> Shard<K> {
         })))
     }
 
-    /// Releases one level of a hold when no queued request needs to be reconsidered (the
-    /// level is not the last, or nobody waits on the key) and the hold has no session.
-    /// Returns the count left. Otherwise answers [`Escalate`] and changes nothing.
+    /// Releases one level of a hold without a session, when this shard can decide alone
+    /// what follows. Returns the count left. That is the case when the level is not the
+    /// last, or nobody waits on the key, or the key passes from its only holder to the first
+    /// waiter and nobody else: see [`Shard::hands_off`]. The grant is then in
+    /// `fx.wakes`, exactly as the coordinator would have made it. Otherwise answers
+    /// [`Escalate`] and changes nothing.
     pub fn try_release(
         &mut self,
         key: &K,
@@ -429,14 +452,76 @@ impl<K: Hash + Eq + Clone> Shard<K> {
         };
         let ks = &self.keys[key];
         let hold = &ks.holds[idx];
-        if hold.session.is_some() || (hold.count == 1 && !ks.queue.is_empty()) {
+        if hold.session.is_some() {
             return Err(Escalate);
         }
-        let left = self.release_level(key, idx, now, fx);
-        if left == 0 {
-            self.drop_if_idle(key);
+        if hold.count > 1 || ks.queue.is_empty() {
+            let left = self.release_level(key, idx, now, fx);
+            if left == 0 {
+                self.drop_if_idle(key);
+            }
+            return Ok(Ok(left));
         }
-        Ok(Ok(left))
+        if !hands_off(ks, now) {
+            return Err(Escalate);
+        }
+        self.end_hold(key, idx, None, now, fx);
+        let ks = &self.keys[key];
+        let head = ks.queue.front().expect("BUG: hands_off checked the queue");
+        debug_assert!(
+            ks.admits(&head.owner, head.mode, 0, now),
+            "BUG: hands_off granted a waiter the key does not admit"
+        );
+        let request = head.request;
+        let wake = self.grant_local(key, request, now, fx).expect("BUG: hands_off checked the head lives here");
+        fx.wakes.push(wake);
+        Ok(Ok(0))
+    }
+
+    /// Removes request `request`, living in this shard, from the queue of `key` (found
+    /// through the owner index when `key` is `None`) and from the index; answers the entry.
+    pub(crate) fn take_local(&mut self, request: RequestId, key: Option<&K>) -> Option<(K, Entry)> {
+        let key = match key {
+            Some(key) => key.clone(),
+            // Without its key, the request is looked for among every local wait here.
+            None => self.waits.values().flatten().find(|(_, r)| *r == request).map(|(k, _)| k.clone())?,
+        };
+        let ks = self.keys.get_mut(&key)?;
+        let pos = ks.queue.iter().position(|e| e.request == request && e.local.is_some())?;
+        let entry = ks.queue.remove(pos).expect("BUG: position just found");
+        remove_from_index(&mut self.waits, &entry.owner, |(_, r)| *r == request);
+        self.local_waits.fetch_sub(1, Ordering::Relaxed);
+        Some((key, entry))
+    }
+
+    /// Grants request `request`, living in this shard and queued on `key`, and answers the
+    /// wake that tells its waiter. The caller has judged that the key admits it.
+    pub(crate) fn grant_local(
+        &mut self,
+        key: &K,
+        request: RequestId,
+        now: Instant,
+        fx: &mut Effects<K>,
+    ) -> Option<Wake<K>> {
+        let (_, entry) = self.take_local(request, Some(key))?;
+        let local = entry.local.expect("BUG: take_local answers local entries");
+        let spec = GrantSpec {
+            owner: &entry.owner,
+            mode: entry.mode,
+            ttl: local.ttl,
+            session: None,
+            request_id: None,
+            lock_delay: local.lock_delay,
+        };
+        let granted = self.grant(key, &spec, now, fx);
+        let grant = Grant {
+            owner: entry.owner.clone(),
+            mode: entry.mode,
+            session: None,
+            holds: SmallVec::from_buf([granted]),
+            retried: false,
+        };
+        Some(Wake { request, owner: entry.owner, outcome: Ok(grant) })
     }
 
     /// Finds the hold `owner` has on `key` in `mode` (or its only hold when `mode` is
@@ -679,6 +764,22 @@ impl<K: Hash + Eq + Clone> Shard<K> {
             });
         }
     }
+}
+
+/// Whether ending the last level of the only hold of a key hands it to the first waiter and
+/// to nobody else, so that its shard may do it alone ([`Shard::try_release`]): the first
+/// waiter lives in the shard (one key, no session, request id or time bound); nothing else
+/// is granted after it (it is alone, or it takes the key exclusively and no other request
+/// of its owner waits here, which would become a re-entry); the releasing owner does not
+/// wait here itself (its requests would now wait for earlier ones, which the coordinator
+/// must check for cycles); and no lock-delay runs. With no hold left and no delay, the
+/// fairness rule admits the first waiter, whatever its mode.
+fn hands_off(ks: &KeyState, now: Instant) -> bool {
+    let ([hold], Some(head)) = (ks.holds.as_slice(), ks.queue.front()) else { return false };
+    if head.local.is_none() || ks.delayed(now) || ks.queue.iter().any(|e| e.owner.same(&hold.owner)) {
+        return false;
+    }
+    ks.queue.len() == 1 || (head.mode == Mode::Exclusive && !ks.queue.iter().skip(1).any(|e| e.owner.same(&head.owner)))
 }
 
 /// Removes the first item matching `matches` from `map[id]`, dropping the entry when it

@@ -1503,3 +1503,71 @@ fn request_id_retry_after_another_level_is_released_does_not_count_again() {
     assert_eq!(t.release(&"k", &o, None, None, now, &mut fx).unwrap(), 0);
     assert!(t.status(&"k").is_none());
 }
+
+/// The hot-key hand-off: a plain wait for one key lives in that key's shard, and a release
+/// of the key's only hold hands the key to it in that shard alone, with the grant the
+/// coordinator would have made. Anything the shard cannot decide alone escalates, changing
+/// nothing.
+#[test]
+fn a_shard_hands_its_key_to_a_plain_waiter_alone_and_escalates_the_rest() {
+    use tumbler_core::{Coordinator, Escalate, Shard};
+    let coordinator_and_shards = || {
+        let c = Coordinator::<String>::new(Config { shards: 8, ..Config::default() });
+        let shards: Vec<Shard<String>> = (0..8).map(|_| c.new_shard()).collect();
+        (c, shards)
+    };
+    let key = "hot".to_owned();
+    let (mut c, mut shards) = coordinator_and_shards();
+    let home = c.layout().shard_of(&key);
+    let mut fx = Effects::new();
+    let Acquired::Granted(first) = c.acquire(&mut shards, req("hot", "a", X, Wait::NoWait), at(0), &mut fx).unwrap()
+    else {
+        panic!("a free key is granted")
+    };
+    let Acquired::Waiting { request, .. } =
+        c.acquire(&mut shards, req("hot", "b", X, Wait::Forever), at(0), &mut fx).unwrap()
+    else {
+        panic!("a held key queues")
+    };
+    assert_eq!(request.home(), Some(home), "a plain wait for one key lives in its shard");
+    assert_eq!(c.waiting(), 1);
+    fx.clear();
+    let left = shards[home].try_release(&key, &owner("a"), None, None, at(1), &mut fx);
+    assert_eq!(left, Ok(Ok(0)));
+    let [wake] = fx.wakes.as_slice() else { panic!("one waiter is woken: {:?}", fx.wakes) };
+    assert_eq!((wake.request, &wake.owner), (request, &owner("b")));
+    let grant = wake.outcome.as_ref().expect("the waiter is granted");
+    assert!(grant.holds[0].fencing_token > first.holds[0].fencing_token);
+    assert_eq!(c.waiting(), 0);
+    let status = c.status(&mut shards, &key).expect("b holds the key");
+    assert_eq!((status.holders.len(), status.waiters), (1, 0));
+    assert_eq!(status.holders[0].holder.owner, owner("b"));
+
+    // What the shard leaves to the coordinator: a wait with a time bound, and one for
+    // several keys (both kept by the coordinator), and two readers or two semaphore
+    // holders that would both be granted.
+    let cases: [Vec<Acquire<String>>; 4] = [
+        vec![req("hot", "b", X, Wait::Timeout(ms(50)))],
+        vec![req_all(&["hot".to_owned(), "cold".to_owned()], "b", Wait::Forever)],
+        vec![req("hot", "b", S, Wait::Forever), req("hot", "c", S, Wait::Forever)],
+        vec![req("hot", "b", sem(2), Wait::Forever), req("hot", "c", sem(2), Wait::Forever)],
+    ];
+    for waiters in cases {
+        let (mut c, mut shards) = coordinator_and_shards();
+        let home = c.layout().shard_of(&key);
+        let mut fx = Effects::new();
+        c.acquire(&mut shards, req("hot", "a", X, Wait::NoWait), at(0), &mut fx).unwrap();
+        for waiter in &waiters {
+            let queued = c.acquire(&mut shards, waiter.clone(), at(0), &mut fx).unwrap();
+            assert!(matches!(queued, Acquired::Waiting { .. }), "{waiter:?} queues");
+        }
+        fx.clear();
+        let before = c.status(&mut shards, &key);
+        let answer = shards[home].try_release(&key, &owner("a"), Some(X), None, at(1), &mut fx);
+        assert_eq!(answer, Err(Escalate), "{waiters:?}");
+        assert!(fx.is_empty(), "{waiters:?}");
+        assert_eq!(c.status(&mut shards, &key), before, "{waiters:?}");
+        c.release(&mut shards, &key, &owner("a"), Some(X), None, at(1), &mut fx).unwrap();
+        assert!(!fx.wakes.is_empty(), "the coordinator grants what the shard left: {waiters:?}");
+    }
+}

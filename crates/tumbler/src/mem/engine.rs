@@ -47,8 +47,16 @@ struct Padded<T>(T);
 
 struct Central<K> {
     coordinator: Coordinator<K>,
-    /// Whom to wake for each queued request. Inserted under the same lock that queues the
-    /// request, so a grant can never arrive before its waiter is known.
+    /// Whom to wake for each queued request the coordinator keeps. Inserted under the same
+    /// lock that queues the request, so a grant can never arrive before its waiter is known.
+    waiters: Map<RequestId, WakeSenders<K>>,
+}
+
+/// One shard and whom to wake for the requests living in it ([`RequestId::home`]), under
+/// one lock: the shard grants those requests on its own, and its caller finds their
+/// waiters without the central lock.
+struct ShardSlot<K> {
+    shard: Shard<K>,
     waiters: Map<RequestId, WakeSenders<K>>,
 }
 
@@ -67,7 +75,7 @@ struct EventSink<K> {
 
 struct Inner<K> {
     layout: Layout,
-    shards: Box<[Padded<Mutex<Shard<K>>>]>,
+    shards: Box<[Padded<Mutex<ShardSlot<K>>>]>,
     central: Mutex<Central<K>>,
     epoch: tokio::time::Instant,
     timer: Arc<Timer>,
@@ -118,7 +126,9 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
             tx: broadcast::channel(EVENT_BUFFER).0,
         });
         let coordinator = Coordinator::new(config);
-        let shards = (0..coordinator.layout().shards()).map(|_| Padded(Mutex::new(coordinator.new_shard()))).collect();
+        let shards = (0..coordinator.layout().shards())
+            .map(|_| Padded(Mutex::new(ShardSlot { shard: coordinator.new_shard(), waiters: Map::default() })))
+            .collect();
         Engine {
             inner: Arc::new(Inner {
                 layout: coordinator.layout().clone(),
@@ -167,8 +177,8 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
         if req.keys.len() == 1 && req.session.is_none() {
             let shard = self.inner.layout.shard_of(&req.keys[0]);
             let fast = {
-                let mut shard = self.inner.shards[shard].0.lock();
-                let answer = shard.try_acquire(&req, now, &mut fx);
+                let mut slot = self.inner.shards[shard].0.lock();
+                let answer = slot.shard.try_acquire(&req, now, &mut fx);
                 self.publish(&mut fx);
                 answer
             };
@@ -185,7 +195,7 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
             let answer = central.coordinator.acquire(shards, req, now, fx);
             if let Ok(Acquired::Waiting { request, .. }) = &answer {
                 // A retry joining an earlier wait comes in addition to its waiter.
-                central.waiters.entry(*request).or_default().push(tx);
+                waiters_of(central, shards, *request).entry(*request).or_default().push(tx);
             }
             answer
         });
@@ -205,13 +215,20 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
         let mut fx = Effects::new();
         let shard = self.inner.layout.shard_of(key);
         let fast = {
-            let mut shard = self.inner.shards[shard].0.lock();
-            let answer = shard.try_release(key, owner, mode, token, now, &mut fx);
+            let mut slot = self.inner.shards[shard].0.lock();
+            let answer = slot.shard.try_release(key, owner, mode, token, now, &mut fx);
+            // The shard may have handed the key to a request living in it, whose waiters
+            // are filed with it.
+            let wakes: Wakes<K> = fx
+                .wakes
+                .drain(..)
+                .filter_map(|wake| slot.waiters.remove(&wake.request).map(|txs| (txs, wake.outcome)))
+                .collect();
             self.publish(&mut fx);
-            answer
+            answer.map(|answer| (answer, wakes))
         };
-        if let Ok(answer) = fast {
-            self.settle(fx, Vec::new());
+        if let Ok((answer, wakes)) = fast {
+            self.settle(fx, wakes);
             return answer;
         }
         self.full(|c, s, fx| c.release(s, key, owner, mode, token, now, fx))
@@ -397,7 +414,7 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
     fn with_all<R>(
         &self,
         fx: &mut Effects<K>,
-        op: impl FnOnce(&mut Central<K>, &mut dyn Shards<K>, &mut Effects<K>) -> R,
+        op: impl FnOnce(&mut Central<K>, &mut LockedShards<'_, K>, &mut Effects<K>) -> R,
     ) -> (R, Wakes<K>) {
         let mut central = self.inner.central.lock();
         let mut shards = LockedShards { shards: &self.inner.shards, guards: SmallVec::new() };
@@ -405,7 +422,10 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
         let wakes = fx
             .wakes
             .drain(..)
-            .filter_map(|wake| central.waiters.remove(&wake.request).map(|txs| (txs, wake.outcome)))
+            .filter_map(|wake| {
+                let txs = waiters_of(&mut central, &mut shards, wake.request).remove(&wake.request)?;
+                Some((txs, wake.outcome))
+            })
             .collect();
         self.publish(fx);
         (answer, wakes)
@@ -478,7 +498,8 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
         let now = self.now();
         let mut fx = Effects::new();
         let (cancelled, wakes) = self.with_all(&mut fx, |central, shards, fx| {
-            if let Some(txs) = central.waiters.get_mut(&request) {
+            let waiters = waiters_of(central, shards, request);
+            if let Some(txs) = waiters.get_mut(&request) {
                 // The leaving waiter closed its receiver; a retry that joined the request
                 // may still wait for it, and then only the leaving waiter goes.
                 txs.retain(|tx| !tx.is_closed());
@@ -486,7 +507,7 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
                     return false;
                 }
             }
-            central.waiters.remove(&request);
+            waiters.remove(&request);
             central.coordinator.cancel(shards, request, now, fx)
         });
         self.settle(fx, wakes);
@@ -534,20 +555,15 @@ fn deliver<K: Clone>(mut txs: WakeSenders<K>, outcome: CoreResult<Grant<K>>) -> 
 /// operation first asks for it and stays locked until the operation ends. Operations that
 /// reach the coordinator hold the central lock, so they never race each other for shard
 /// locks, and single-shard paths never wait for a second lock while holding one: locking
-/// shards in the order an operation asks for them cannot deadlock. A hand-off on one key
-/// thus locks that key's shard only.
+/// shards in the order an operation asks for them cannot deadlock.
 struct LockedShards<'a, K> {
-    shards: &'a [Padded<Mutex<Shard<K>>>],
+    shards: &'a [Padded<Mutex<ShardSlot<K>>>],
     /// The shards locked so far, with their indexes: most operations touch one or two.
-    guards: SmallVec<[(usize, MutexGuard<'a, Shard<K>>); 4]>,
+    guards: SmallVec<[(usize, MutexGuard<'a, ShardSlot<K>>); 4]>,
 }
 
-impl<K> Shards<K> for LockedShards<'_, K> {
-    fn count(&self) -> usize {
-        self.shards.len()
-    }
-
-    fn get(&mut self, index: usize) -> &mut Shard<K> {
+impl<K> LockedShards<'_, K> {
+    fn slot(&mut self, index: usize) -> &mut ShardSlot<K> {
         let at = match self.guards.iter().position(|(i, _)| *i == index) {
             Some(at) => at,
             None => {
@@ -556,6 +572,29 @@ impl<K> Shards<K> for LockedShards<'_, K> {
             }
         };
         &mut self.guards[at].1
+    }
+}
+
+impl<K> Shards<K> for LockedShards<'_, K> {
+    fn count(&self) -> usize {
+        self.shards.len()
+    }
+
+    fn get(&mut self, index: usize) -> &mut Shard<K> {
+        &mut self.slot(index).shard
+    }
+}
+
+/// Where the waiters of `request` are filed: with its shard when it lives in one, else
+/// centrally.
+fn waiters_of<'m, K>(
+    central: &'m mut Central<K>,
+    shards: &'m mut LockedShards<'_, K>,
+    request: RequestId,
+) -> &'m mut Map<RequestId, WakeSenders<K>> {
+    match request.home() {
+        Some(home) => &mut shards.slot(home).waiters,
+        None => &mut central.waiters,
     }
 }
 
