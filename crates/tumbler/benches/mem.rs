@@ -14,19 +14,25 @@
 //! - `handoff/*`: two tasks on a 2-worker multi-thread runtime pass one lock back and
 //!   forth; each sample is the time from the holder's last instruction before releasing to
 //!   the waiter's first instruction after its acquire returns. Criterion reports the mean;
-//!   a `HANDOFF` line on stdout gives p50/p99 from a separate pass.
+//!   a `HANDOFF` line on stdout gives p50/p99 from a separate pass. Beside tumbler and
+//!   tokio's `Mutex` runs `floor_table`: the least a lock table that records holders can
+//!   do (see [`FloorTable`]), to show how much of the gap to tokio any such table pays.
 //!
 //! Every uncontended future (tumbler's and the baselines') is polled once with
 //! `now_or_never`: an uncontended acquire completes on its first poll, so no executor or
 //! waker is involved on either side, and the comparison is of the locks alone.
 
+use std::collections::VecDeque;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_main, Criterion};
 use dashmap::DashMap;
+use futures::task::AtomicWaker;
 use futures::FutureExt;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -254,6 +260,142 @@ impl Side for TokioSide {
     }
 }
 
+/// The floor of a lock table, for the hand-off only: one mutex over a map from keys to
+/// their holder, fencing token and FIFO of waiters, and an index of each owner's keys. A
+/// release pops the first waiter, gives it the key with the next token, writes the token
+/// into the waiter's slot and wakes it. Nothing else: no modes, re-entry, TTLs, sessions,
+/// deadlock detection, lock-delays or events, and nothing to cancel a wait. It is not a
+/// usable lock; it shows what any table that records holders pays beyond tokio's `Mutex`.
+#[derive(Default)]
+struct FloorTable {
+    state: parking_lot::Mutex<FloorState>,
+}
+
+type FloorMap<K, V> = std::collections::HashMap<K, V, foldhash::quality::RandomState>;
+
+#[derive(Default)]
+struct FloorState {
+    keys: FloorMap<u64, FloorKey>,
+    owners: FloorMap<u64, smallvec::SmallVec<[u64; 2]>>,
+    last_token: u64,
+}
+
+#[derive(Default)]
+struct FloorKey {
+    holder: Option<u64>,
+    waiters: VecDeque<(u64, Arc<FloorSlot>)>,
+}
+
+/// Where a waiter finds its token (0 until granted) and how it is woken.
+#[derive(Default)]
+struct FloorSlot {
+    token: AtomicU64,
+    waker: AtomicWaker,
+}
+
+impl FloorState {
+    fn grant(&mut self, key: u64, owner: u64) -> u64 {
+        self.last_token += 1;
+        self.keys.entry(key).or_default().holder = Some(owner);
+        self.owners.entry(owner).or_default().push(key);
+        self.last_token
+    }
+}
+
+impl FloorTable {
+    fn release(&self, key: u64, owner: u64) {
+        let woken = {
+            let mut state = self.state.lock();
+            if let Some(keys) = state.owners.get_mut(&owner) {
+                keys.retain(|k| *k != key);
+                if keys.is_empty() {
+                    state.owners.remove(&owner);
+                }
+            }
+            let entry = state.keys.get_mut(&key).expect("the key is held");
+            assert_eq!(entry.holder.take(), Some(owner), "released by its holder");
+            match entry.waiters.pop_front() {
+                Some((next, slot)) => {
+                    let token = state.grant(key, next);
+                    slot.token.store(token, Ordering::Release);
+                    Some(slot)
+                }
+                None => {
+                    state.keys.remove(&key);
+                    None
+                }
+            }
+        };
+        if let Some(slot) = woken {
+            slot.waker.wake();
+        }
+    }
+}
+
+/// A hold of [`FloorTable`]'s key, released on drop.
+struct FloorGuard {
+    table: Arc<FloorTable>,
+    owner: u64,
+}
+
+impl Drop for FloorGuard {
+    fn drop(&mut self) {
+        self.table.release(HANDOFF_KEY, self.owner);
+    }
+}
+
+struct FloorAcquire {
+    table: Arc<FloorTable>,
+    owner: u64,
+    slot: Option<Arc<FloorSlot>>,
+}
+
+impl Future for FloorAcquire {
+    type Output = FloorGuard;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<FloorGuard> {
+        let guard = |this: &Self| FloorGuard { table: this.table.clone(), owner: this.owner };
+        if let Some(slot) = &self.slot {
+            slot.waker.register(cx.waker());
+            return match slot.token.load(Ordering::Acquire) {
+                0 => Poll::Pending,
+                _ => Poll::Ready(guard(&self)),
+            };
+        }
+        let slot = {
+            let mut state = self.table.state.lock();
+            if state.keys.get(&HANDOFF_KEY).is_none_or(|k| k.holder.is_none()) {
+                state.grant(HANDOFF_KEY, self.owner);
+                None
+            } else {
+                let slot = Arc::new(FloorSlot::default());
+                slot.waker.register(cx.waker());
+                let waiters = &mut state.keys.get_mut(&HANDOFF_KEY).expect("held").waiters;
+                waiters.push_back((self.owner, slot.clone()));
+                Some(slot)
+            }
+        };
+        match slot {
+            None => Poll::Ready(guard(&self)),
+            Some(slot) => {
+                self.slot = Some(slot);
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// The floor table: each task is its own owner.
+struct FloorSide(Arc<FloorTable>, u64);
+
+impl Side for FloorSide {
+    type Guard = FloorGuard;
+
+    fn lock(&self) -> impl Future<Output = FloorGuard> + Send + '_ {
+        FloorAcquire { table: self.0.clone(), owner: self.1, slot: None }
+    }
+}
+
 /// What the two tasks share: the release instant of the current hand-off, and for each
 /// task whether it is queued on the lock.
 struct Court {
@@ -364,20 +506,26 @@ fn contended(c: &mut Criterion) {
     let tumbler_sides = || (TumblerSide(alice.clone()), TumblerSide(bob.clone()));
     let mutex = Arc::new(Mutex::new(()));
     let tokio_sides = || (TokioSide(mutex.clone()), TokioSide(mutex.clone()));
+    let table = Arc::new(FloorTable::default());
+    let floor_sides = || (FloorSide(table.clone(), 1), FloorSide(table.clone(), 2));
 
     bench_handoff(c, &rt, "tumbler", tumbler_sides);
     bench_handoff(c, &rt, "tokio_mutex", tokio_sides);
+    bench_handoff(c, &rt, "floor_table", floor_sides);
 
     let per_round = PERCENTILE_HANDOFFS / PERCENTILE_ROUNDS;
-    let (mut tumbler, mut tokio) = (Vec::new(), Vec::new());
+    let (mut tumbler, mut tokio, mut floor) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..PERCENTILE_ROUNDS {
         let (a, b) = tumbler_sides();
         tumbler.extend(rt.block_on(handoff(a, b, per_round)));
         let (a, b) = tokio_sides();
         tokio.extend(rt.block_on(handoff(a, b, per_round)));
+        let (a, b) = floor_sides();
+        floor.extend(rt.block_on(handoff(a, b, per_round)));
     }
     report("tumbler", tumbler);
     report("tokio_mutex", tokio);
+    report("floor_table", floor);
 }
 
 fn config() -> Criterion {
