@@ -434,9 +434,9 @@ impl<K: Hash + Eq + Clone> Shard<K> {
     /// Releases one level of a hold without a session, when this shard can decide alone
     /// what follows. Returns the count left. That is the case when the level is not the
     /// last, or nobody waits on the key, or the key passes from its only holder to the first
-    /// waiter and nobody else: see [`Shard::hands_off`]. The grant is then in
-    /// `fx.wakes`, exactly as the coordinator would have made it. Otherwise answers
-    /// [`Escalate`] and changes nothing.
+    /// waiter, a request living in this shard ([`RequestId::home`]), and to nobody else (the
+    /// conditions are in `hands_off`). The grant is then in `fx.wakes`, exactly as the
+    /// coordinator would have made it. Otherwise answers [`Escalate`] and changes nothing.
     pub fn try_release(
         &mut self,
         key: &K,
