@@ -279,13 +279,13 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
         };
         // A plain wait for one key lives in that key's shard, which can then hand the key
         // to it alone; everything else the coordinator keeps.
-        let local = req.keys.len() == 1 && req.session.is_none() && req.request_id.is_none() && deadline.is_none();
+        let local = req.keys.len() == 1 && req.session.is_none() && req.request_id.is_none();
         let home = local.then(|| self.layout.shard_of(&req.keys[0]));
         self.last_request += 1;
         let request = RequestId::new(self.last_request, home);
         for key in &req.keys {
             let ks = self.shard_mut(shards, key).keys.entry(key.clone()).or_default();
-            let local = local.then_some(LocalWait { ttl: req.ttl, lock_delay: req.lock_delay });
+            let local = local.then_some(LocalWait { ttl: req.ttl, lock_delay: req.lock_delay, deadline });
             let entry = Entry { request, owner: req.owner.clone(), mode: req.mode, local };
             if ks.holds_of(&req.owner) {
                 // A holder's conversion goes ahead of requests by non-holders: they wait for
@@ -299,11 +299,11 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
         let owner = req.owner.clone();
         let first_key = req.keys[0].clone();
         if local {
-            self.shard_mut(shards, &first_key)
-                .waits
-                .entry(owner.clone())
-                .or_default()
-                .push((first_key.clone(), request));
+            let shard = self.shard_mut(shards, &first_key);
+            shard.waits.entry(owner.clone()).or_default().push((first_key.clone(), request));
+            if let Some(at) = deadline {
+                shard.wait_ends.insert((at, request), first_key.clone());
+            }
             self.local_waits.fetch_add(1, Ordering::Relaxed);
         } else {
             let pending = Pending {
@@ -335,7 +335,9 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
             }
         }
         if let Some(at) = deadline {
-            self.deadlines.insert((at, request));
+            if !local {
+                self.deadlines.insert((at, request));
+            }
             fx.deadline(at);
         }
         Ok(Acquired::Waiting { request, deadline })
@@ -371,7 +373,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
                 mode: entry.mode,
                 ttl: local.ttl,
                 session: None,
-                deadline: None,
+                deadline: local.deadline,
                 request_id: None,
                 lock_delay: local.lock_delay,
             });
@@ -991,9 +993,13 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
     pub fn tick(&mut self, shards: &mut dyn Shards<K>, now: Instant, fx: &mut Effects<K>) {
         loop {
             let session = self.session_deadlines.first().copied().filter(|(at, _)| *at <= now);
-            let timer = (0..shards.count()).filter_map(|i| Some((shards.get(i).next_deadline()?, i))).min();
+            let timer = (0..shards.count()).filter_map(|i| Some((shards.get(i).next_timer()?, i))).min();
             let timer = timer.filter(|(at, _)| *at <= now);
-            let wait = self.deadlines.first().copied().filter(|(at, _)| *at <= now);
+            // Waits the coordinator keeps and waits living in shards run out together, in the
+            // order of their deadlines (then of their arrival).
+            let local_wait = (0..shards.count()).filter_map(|i| shards.get(i).next_wait_end()).min();
+            let wait = self.deadlines.first().copied().into_iter().chain(local_wait).min();
+            let wait = wait.filter(|(at, _)| *at <= now);
             let earliest = [session.map(|s| s.0), timer.map(|t| t.0), wait.map(|w| w.0)].into_iter().flatten().min();
             let Some(at) = earliest else { break };
             if let Some((_, id)) = session.filter(|s| s.0 == at) {
@@ -1015,8 +1021,9 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
                         self.pump(shards, [key], now, fx);
                     }
                 }
-            } else if let Some((_, request)) = wait {
-                self.fail_pending(shards, request, None, Some(Error::Timeout), now, fx);
+            } else if let Some((at, request)) = wait {
+                let key = request.home().and_then(|i| shards.get(i).wait_ends.get(&(at, request)).cloned());
+                self.fail_pending(shards, request, key.as_ref(), Some(Error::Timeout), now, fx);
             }
         }
     }

@@ -30,7 +30,7 @@ impl RequestId {
     }
 
     /// The shard a request lives in, when it lives in one: a wait for one key alone, with no
-    /// session, request id or time bound, is kept entirely by its key's shard, which can
+    /// session or request id, is kept entirely by its key's shard, which can
     /// then grant it without the coordinator (the hand-off of a hot key). Callers that keep
     /// per-shard state about waiters (whom to wake) file such a request under this shard.
     pub fn home(self) -> Option<usize> {

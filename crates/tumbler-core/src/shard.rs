@@ -90,11 +90,13 @@ pub(crate) struct Entry {
 }
 
 /// What a request living in its shard asks for beyond its key, owner and mode: it has no
-/// session, request id or time bound, so this is all a grant needs.
+/// session or request id, so this is all a grant needs.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct LocalWait {
     pub ttl: Option<Duration>,
     pub lock_delay: Option<Duration>,
+    /// When the wait runs out (also in [`Shard::wait_ends`]).
+    pub deadline: Option<Instant>,
 }
 
 /// Everything about one key with holds, waiters, or a running lock-delay.
@@ -307,6 +309,10 @@ pub struct Shard<K> {
     /// The requests living in this shard, by owner, with their keys: what the
     /// coordinator's wait-for graph and an owner's end need to find them.
     pub(crate) waits: Map<OwnerId, SmallVec<[(K, RequestId); 1]>>,
+    /// When the requests living in this shard that have a time bound run out, with their
+    /// keys. Apart from `timers`: on a tie, holds expire and lock-delays end before waits run
+    /// out ([`crate::Coordinator::tick`]).
+    pub(crate) wait_ends: BTreeMap<(Instant, RequestId), K>,
     /// How many requests live in shards, counted across all of them (shared with the
     /// coordinator, which reads it to skip deadlock searches when fewer than two wait).
     pub(crate) local_waits: Arc<AtomicUsize>,
@@ -352,6 +358,7 @@ impl<K: Hash + Eq + Clone> Shard<K> {
             sessions: Map::default(),
             timers: BTreeMap::new(),
             waits: Map::default(),
+            wait_ends: BTreeMap::new(),
             local_waits,
             next_timer: 0,
             last_token: 0,
@@ -369,9 +376,20 @@ impl<K: Hash + Eq + Clone> Shard<K> {
         self.last_token = self.last_token.max(floor);
     }
 
-    /// The earliest timer of this shard.
+    /// The earliest deadline of this shard: a hold's expiry, a lock-delay's end, or a
+    /// wait of a request living here running out.
     pub fn next_deadline(&self) -> Option<Instant> {
+        self.next_timer().into_iter().chain(self.next_wait_end().map(|(at, _)| at)).min()
+    }
+
+    /// The earliest expiry or lock-delay end.
+    pub(crate) fn next_timer(&self) -> Option<Instant> {
         self.timers.keys().next().map(|(at, _)| *at)
+    }
+
+    /// The earliest time bound of a request living here, with the request.
+    pub(crate) fn next_wait_end(&self) -> Option<(Instant, RequestId)> {
+        self.wait_ends.keys().next().copied()
     }
 
     /// Acquires a single key without a session when that can be decided in this shard
@@ -490,6 +508,9 @@ impl<K: Hash + Eq + Clone> Shard<K> {
         let pos = ks.queue.iter().position(|e| e.request == request && e.local.is_some())?;
         let entry = ks.queue.remove(pos).expect("BUG: position just found");
         remove_from_index(&mut self.waits, &entry.owner, |(_, r)| *r == request);
+        if let Some(at) = entry.local.and_then(|local| local.deadline) {
+            self.wait_ends.remove(&(at, request));
+        }
         self.local_waits.fetch_sub(1, Ordering::Relaxed);
         Some((key, entry))
     }
@@ -768,7 +789,7 @@ impl<K: Hash + Eq + Clone> Shard<K> {
 
 /// Whether ending the last level of the only hold of a key hands it to the first waiter and
 /// to nobody else, so that its shard may do it alone ([`Shard::try_release`]): the first
-/// waiter lives in the shard (one key, no session, request id or time bound); nothing else
+/// waiter lives in the shard (one key, no session or request id); nothing else
 /// is granted after it (it is alone, or it takes the key exclusively and no other request
 /// of its owner waits here, which would become a re-entry); the releasing owner does not
 /// wait here itself (its requests would now wait for earlier ones, which the coordinator

@@ -1504,7 +1504,8 @@ fn request_id_retry_after_another_level_is_released_does_not_count_again() {
     assert!(t.status(&"k").is_none());
 }
 
-/// The hot-key hand-off: a plain wait for one key lives in that key's shard, and a release
+/// The hot-key hand-off: a wait for one key (with or without a time bound) lives in that
+/// key's shard, and a release
 /// of the key's only hold hands the key to it in that shard alone, with the grant the
 /// coordinator would have made. Anything the shard cannot decide alone escalates, changing
 /// nothing.
@@ -1525,12 +1526,13 @@ fn a_shard_hands_its_key_to_a_plain_waiter_alone_and_escalates_the_rest() {
         panic!("a free key is granted")
     };
     let Acquired::Waiting { request, .. } =
-        c.acquire(&mut shards, req("hot", "b", X, Wait::Forever), at(0), &mut fx).unwrap()
+        c.acquire(&mut shards, req("hot", "b", X, Wait::Timeout(ms(50))), at(0), &mut fx).unwrap()
     else {
         panic!("a held key queues")
     };
-    assert_eq!(request.home(), Some(home), "a plain wait for one key lives in its shard");
+    assert_eq!(request.home(), Some(home), "a wait for one key lives in its shard");
     assert_eq!(c.waiting(), 1);
+    assert_eq!(c.next_deadline(&mut shards), Some(at(50)));
     fx.clear();
     let left = shards[home].try_release(&key, &owner("a"), None, None, at(1), &mut fx);
     assert_eq!(left, Ok(Ok(0)));
@@ -1539,15 +1541,16 @@ fn a_shard_hands_its_key_to_a_plain_waiter_alone_and_escalates_the_rest() {
     let grant = wake.outcome.as_ref().expect("the waiter is granted");
     assert!(grant.holds[0].fencing_token > first.holds[0].fencing_token);
     assert_eq!(c.waiting(), 0);
+    assert_eq!(c.next_deadline(&mut shards), None, "a granted wait no longer runs out");
     let status = c.status(&mut shards, &key).expect("b holds the key");
     assert_eq!((status.holders.len(), status.waiters), (1, 0));
     assert_eq!(status.holders[0].holder.owner, owner("b"));
 
-    // What the shard leaves to the coordinator: a wait with a time bound, and one for
+    // What the shard leaves to the coordinator: a wait with a request id, and one for
     // several keys (both kept by the coordinator), and two readers or two semaphore
     // holders that would both be granted.
     let cases: [Vec<Acquire<String>>; 4] = [
-        vec![req("hot", "b", X, Wait::Timeout(ms(50)))],
+        vec![req("hot", "b", X, Wait::Forever).request_id("retry-1")],
         vec![req_all(&["hot".to_owned(), "cold".to_owned()], "b", Wait::Forever)],
         vec![req("hot", "b", S, Wait::Forever), req("hot", "c", S, Wait::Forever)],
         vec![req("hot", "b", sem(2), Wait::Forever), req("hot", "c", sem(2), Wait::Forever)],
