@@ -284,9 +284,13 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
         self.last_request += 1;
         let request = RequestId::new(self.last_request, home);
         for key in &req.keys {
-            let ks = self.shard_mut(shards, key).keys.entry(key.clone()).or_default();
+            let shard = self.shard_mut(shards, key);
             let local = local.then_some(LocalWait { ttl: req.ttl, lock_delay: req.lock_delay, deadline });
             let entry = Entry { request, owner: req.owner.clone(), mode: req.mode, local };
+            if local.is_some() {
+                shard.local.enter(key, &entry);
+            }
+            let ks = shard.keys.entry(key.clone()).or_default();
             if ks.holds_of(&req.owner) {
                 // A holder's conversion goes ahead of requests by non-holders: they wait for
                 // its hold anyway, and queueing it behind them would deadlock it at once.
@@ -298,14 +302,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
         }
         let owner = req.owner.clone();
         let first_key = req.keys[0].clone();
-        if local {
-            let shard = self.shard_mut(shards, &first_key);
-            shard.waits.entry(owner.clone()).or_default().push((first_key.clone(), request));
-            if let Some(at) = deadline {
-                shard.wait_ends.insert((at, request), first_key.clone());
-            }
-            self.local_waits.fetch_add(1, Ordering::Relaxed);
-        } else {
+        if !local {
             let pending = Pending {
                 owner: req.owner,
                 keys: req.keys,
@@ -860,7 +857,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
         let reason = if voluntary { LostReason::Goodbye } else { LostReason::OwnerEnded };
         let mut touched = Vec::new();
         for i in 0..shards.count() {
-            let Some(held) = shards.get(i).owners.get(owner).cloned() else { continue };
+            let Some(held) = shards.get(i).books.owners.get(owner).cloned() else { continue };
             for (key, mode) in held {
                 let idx = shards.get(i).keys[&key].hold_index(owner, mode).expect("BUG: owner index out of date");
                 self.end_hold(shards, &key, idx, Some(reason), now, fx);
@@ -973,7 +970,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
             touched.extend(self.withdraw(shards, request, None, Some(Error::SessionExpired), fx).into_iter().flatten());
         }
         for i in 0..shards.count() {
-            let Some(held) = shards.get(i).sessions.get(&id).cloned() else { continue };
+            let Some(held) = shards.get(i).books.sessions.get(&id).cloned() else { continue };
             for (key, owner, mode) in held {
                 let idx = shards.get(i).keys[&key].hold_index(&owner, mode).expect("BUG: session index out of date");
                 self.end_hold(shards, &key, idx, Some(reason), now, fx);
@@ -1005,7 +1002,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
             if let Some((_, id)) = session.filter(|s| s.0 == at) {
                 self.finish_session(shards, id, LostReason::Expired, now, fx);
             } else if let Some((_, i)) = timer.filter(|t| t.0 == at) {
-                let entry = shards.get(i).timers.first_entry().expect("BUG: a due timer vanished");
+                let entry = shards.get(i).books.timers.first_entry().expect("BUG: a due timer vanished");
                 match entry.remove() {
                     Timer::Expiry { key, owner, mode } => {
                         let idx =
@@ -1022,7 +1019,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
                     }
                 }
             } else if let Some((at, request)) = wait {
-                let key = request.home().and_then(|i| shards.get(i).wait_ends.get(&(at, request)).cloned());
+                let key = request.home().and_then(|i| shards.get(i).local.ends.get(&(at, request)).cloned());
                 self.fail_pending(shards, request, key.as_ref(), Some(Error::Timeout), now, fx);
             }
         }
@@ -1214,14 +1211,14 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
                 }
             }
         }
-        (0..shards.count()).any(|i| shards.get(i).owners.contains_key(owner))
+        (0..shards.count()).any(|i| shards.get(i).books.owners.contains_key(owner))
     }
 
     /// Whether `owner` has a queued request, wherever it lives.
     fn waits_anywhere(&self, shards: &mut dyn Shards<K>, owner: &OwnerId) -> bool {
         self.waits_by_owner.contains_key(owner)
             || (self.local_waits.load(Ordering::Relaxed) > 0
-                && (0..shards.count()).any(|i| shards.get(i).waits.contains_key(owner)))
+                && (0..shards.count()).any(|i| shards.get(i).local.by_owner.contains_key(owner)))
     }
 
     /// The queued requests of `owner`: those the coordinator keeps (without a key), then
@@ -1231,7 +1228,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
             self.waits_by_owner.get(owner).into_iter().flatten().map(|r| (*r, None)).collect();
         if self.local_waits.load(Ordering::Relaxed) > 0 {
             for i in 0..shards.count() {
-                let waits = shards.get(i).waits.get(owner).into_iter().flatten();
+                let waits = shards.get(i).local.by_owner.get(owner).into_iter().flatten();
                 out.extend(waits.map(|(k, r)| (*r, Some(k.clone()))));
             }
         }

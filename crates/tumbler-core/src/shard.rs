@@ -303,20 +303,8 @@ pub(crate) enum Timer<K> {
 #[derive(Debug)]
 pub struct Shard<K> {
     pub(crate) keys: Map<K, KeyState>,
-    pub(crate) owners: Map<OwnerId, SmallVec<[(K, Mode); 2]>>,
-    pub(crate) sessions: Map<SessionId, SmallVec<[SessionHold<K>; 2]>>,
-    pub(crate) timers: BTreeMap<(Instant, u64), Timer<K>>,
-    /// The requests living in this shard, by owner, with their keys: what the
-    /// coordinator's wait-for graph and an owner's end need to find them.
-    pub(crate) waits: Map<OwnerId, SmallVec<[(K, RequestId); 1]>>,
-    /// When the requests living in this shard that have a time bound run out, with their
-    /// keys. Apart from `timers`: on a tie, holds expire and lock-delays end before waits run
-    /// out ([`crate::Coordinator::tick`]).
-    pub(crate) wait_ends: BTreeMap<(Instant, RequestId), K>,
-    /// How many requests live in shards, counted across all of them (shared with the
-    /// coordinator, which reads it to skip deadlock searches when fewer than two wait).
-    pub(crate) local_waits: Arc<AtomicUsize>,
-    next_timer: u64,
+    pub(crate) books: Books<K>,
+    pub(crate) local: LocalWaits<K>,
     /// The last fencing token handed out by this shard. Every key lives in exactly one
     /// shard, so one increasing counter per shard makes tokens strictly increase per key
     /// without remembering anything about keys that are free.
@@ -324,6 +312,116 @@ pub struct Shard<K> {
     pub(crate) config: Arc<Config<K>>,
     /// The table's per-namespace bound, shared with the coordinator and the other shards.
     pub(crate) budget: Option<KeyBudget<K>>,
+}
+
+/// A shard's records of its holds beside the keys' own state: who holds what, which session
+/// holds what, and the timers. Apart from the keys so that a key's state and the records can
+/// be changed together after one lookup.
+#[derive(Debug, Default)]
+pub(crate) struct Books<K> {
+    pub owners: Map<OwnerId, SmallVec<[(K, Mode); 2]>>,
+    pub sessions: Map<SessionId, SmallVec<[SessionHold<K>; 2]>>,
+    pub timers: BTreeMap<(Instant, u64), Timer<K>>,
+    next_timer: u64,
+}
+
+impl<K: Hash + Eq + Clone> Books<K> {
+    /// Records a hold that starts: under its owner and its session.
+    fn enter(&mut self, key: &K, hold: &Hold) {
+        self.owners.entry(hold.owner.clone()).or_default().push((key.clone(), hold.mode));
+        if let Some(session) = hold.session {
+            self.sessions.entry(session).or_default().push((key.clone(), hold.owner.clone(), hold.mode));
+        }
+    }
+
+    /// Forgets a hold that ended: its expiry timer and its owner and session entries.
+    fn leave(&mut self, key: &K, hold: &Hold) {
+        if let Some(timer) = hold.expiry {
+            self.timers.remove(&timer);
+        }
+        remove_from_index(&mut self.owners, &hold.owner, |(k, m)| k == key && *m == hold.mode);
+        if let Some(session) = hold.session {
+            remove_from_index(&mut self.sessions, &session, |(k, o, m)| {
+                k == key && o.same(&hold.owner) && *m == hold.mode
+            });
+        }
+    }
+
+    fn add_timer(&mut self, at: Instant, timer: Timer<K>, fx: &mut Effects<K>) -> u64 {
+        self.next_timer += 1;
+        self.timers.insert((at, self.next_timer), timer);
+        fx.deadline(at);
+        self.next_timer
+    }
+
+    /// Moves the expiry of `hold` (of `key`) to `at`.
+    fn reschedule(&mut self, key: &K, hold: &mut Hold, at: Instant, fx: &mut Effects<K>) {
+        if let Some(old) = hold.expiry {
+            self.timers.remove(&old);
+        }
+        let timer = Timer::Expiry { key: key.clone(), owner: hold.owner.clone(), mode: hold.mode };
+        hold.expiry = Some((at, self.add_timer(at, timer, fx)));
+    }
+}
+
+/// The requests living in a shard ([`RequestId::home`]), beside their queue entries.
+#[derive(Debug)]
+pub(crate) struct LocalWaits<K> {
+    /// By owner, with their keys: what the coordinator's wait-for graph and an owner's end
+    /// need to find them.
+    pub by_owner: Map<OwnerId, SmallVec<[(K, RequestId); 1]>>,
+    /// When those with a time bound run out, with their keys. Apart from the books' timers:
+    /// on a tie, holds expire and lock-delays end before waits run out
+    /// ([`crate::Coordinator::tick`]).
+    pub ends: BTreeMap<(Instant, RequestId), K>,
+    /// How many requests live in shards, counted across all of them (shared with the
+    /// coordinator, which reads it to skip deadlock searches when fewer than two wait).
+    pub count: Arc<AtomicUsize>,
+}
+
+impl<K: Hash + Eq + Clone> LocalWaits<K> {
+    /// Records a request that starts to wait on `key`.
+    pub fn enter(&mut self, key: &K, entry: &Entry) {
+        self.by_owner.entry(entry.owner.clone()).or_default().push((key.clone(), entry.request));
+        if let Some(at) = entry.local.and_then(|local| local.deadline) {
+            self.ends.insert((at, entry.request), key.clone());
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Forgets a request taken out of its queue.
+    fn leave(&mut self, entry: &Entry) {
+        remove_from_index(&mut self.by_owner, &entry.owner, |(_, r)| *r == entry.request);
+        if let Some(at) = entry.local.and_then(|local| local.deadline) {
+            self.ends.remove(&(at, entry.request));
+        }
+        self.count.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Appends an event to `fx` when the table records events.
+#[allow(clippy::too_many_arguments)]
+fn record<K: Clone>(
+    config: &Config<K>,
+    fx: &mut Effects<K>,
+    kind: EventKind,
+    key: &K,
+    owner: &OwnerId,
+    mode: Mode,
+    count: u32,
+    token: u64,
+) {
+    if config.record_events {
+        fx.events.push(Event {
+            revision: 0,
+            kind,
+            key: key.clone(),
+            owner: owner.clone(),
+            mode,
+            count,
+            fencing_token: token,
+        });
+    }
 }
 
 /// What to say about a hold being granted.
@@ -354,13 +452,8 @@ impl<K: Hash + Eq + Clone> Shard<K> {
         Shard {
             budget,
             keys: Map::default(),
-            owners: Map::default(),
-            sessions: Map::default(),
-            timers: BTreeMap::new(),
-            waits: Map::default(),
-            wait_ends: BTreeMap::new(),
-            local_waits,
-            next_timer: 0,
+            books: Books { owners: Map::default(), sessions: Map::default(), timers: BTreeMap::new(), next_timer: 0 },
+            local: LocalWaits { by_owner: Map::default(), ends: BTreeMap::new(), count: local_waits },
             last_token: 0,
             config,
         }
@@ -384,12 +477,12 @@ impl<K: Hash + Eq + Clone> Shard<K> {
 
     /// The earliest expiry or lock-delay end.
     pub(crate) fn next_timer(&self) -> Option<Instant> {
-        self.timers.keys().next().map(|(at, _)| *at)
+        self.books.timers.keys().next().map(|(at, _)| *at)
     }
 
     /// The earliest time bound of a request living here, with the request.
     pub(crate) fn next_wait_end(&self) -> Option<(Instant, RequestId)> {
-        self.wait_ends.keys().next().copied()
+        self.local.ends.keys().next().copied()
     }
 
     /// Acquires a single key without a session when that can be decided in this shard
@@ -483,17 +576,52 @@ impl<K: Hash + Eq + Clone> Shard<K> {
         if !hands_off(ks, now) {
             return Err(Escalate);
         }
-        self.end_hold(key, idx, None, now, fx);
-        let ks = &self.keys[key];
-        let head = ks.queue.front().expect("BUG: hands_off checked the queue");
-        debug_assert!(
-            ks.admits(&head.owner, head.mode, 0, now),
-            "BUG: hands_off granted a waiter the key does not admit"
-        );
-        let request = head.request;
-        let wake = self.grant_local(key, request, now, fx).expect("BUG: hands_off checked the head lives here");
+        let wake = self.hand_over(key, now, fx);
         fx.wakes.push(wake);
         Ok(Ok(0))
+    }
+
+    /// Ends the only hold of `key` and gives the key to its first waiter, a request living
+    /// in this shard: what ending the hold and then granting the waiter do elsewhere, in one
+    /// visit of the key's state (the hot key's hand-off). Answers the waiter's wake.
+    fn hand_over(&mut self, key: &K, now: Instant, fx: &mut Effects<K>) -> Wake<K> {
+        let Shard { keys, books, local, last_token, config, .. } = self;
+        let ks = keys.get_mut(key).expect("BUG: hands_off checked the key");
+        debug_assert!(ks.holds.len() == 1 && !ks.delayed(now), "BUG: handing over a key that is not free to take");
+        let entry = ks.queue.pop_front().expect("BUG: hands_off checked the queue");
+        local.leave(&entry);
+        let wait = entry.local.expect("BUG: hands_off checked that the head lives here");
+        *last_token += 1;
+        let expires_at = wait.ttl.map(|ttl| now + ttl);
+        let expiry = expires_at.map(|at| {
+            let timer = Timer::Expiry { key: key.clone(), owner: entry.owner.clone(), mode: entry.mode };
+            (at, books.add_timer(at, timer, fx))
+        });
+        let new = Hold {
+            owner: entry.owner,
+            mode: entry.mode,
+            count: 1,
+            token: *last_token,
+            session: None,
+            expiry,
+            request_ids: Vec::new(),
+            lock_delay: wait.lock_delay,
+        };
+        let old = std::mem::replace(&mut ks.holds[0], new);
+        books.leave(key, &old);
+        record(config, fx, EventKind::Released, key, &old.owner, old.mode, 0, old.token);
+        let hold = &ks.holds[0];
+        books.enter(key, hold);
+        record(config, fx, EventKind::Acquired, key, &hold.owner, hold.mode, 1, hold.token);
+        let granted = Granted { key: key.clone(), count: 1, fencing_token: hold.token, expires_at };
+        let grant = Grant {
+            owner: hold.owner.clone(),
+            mode: hold.mode,
+            session: None,
+            holds: SmallVec::from_buf([granted]),
+            retried: false,
+        };
+        Wake { request: entry.request, owner: hold.owner.clone(), outcome: Ok(grant) }
     }
 
     /// Removes request `request`, living in this shard, from the queue of `key` (found
@@ -502,47 +630,13 @@ impl<K: Hash + Eq + Clone> Shard<K> {
         let key = match key {
             Some(key) => key.clone(),
             // Without its key, the request is looked for among every local wait here.
-            None => self.waits.values().flatten().find(|(_, r)| *r == request).map(|(k, _)| k.clone())?,
+            None => self.local.by_owner.values().flatten().find(|(_, r)| *r == request).map(|(k, _)| k.clone())?,
         };
         let ks = self.keys.get_mut(&key)?;
         let pos = ks.queue.iter().position(|e| e.request == request && e.local.is_some())?;
         let entry = ks.queue.remove(pos).expect("BUG: position just found");
-        remove_from_index(&mut self.waits, &entry.owner, |(_, r)| *r == request);
-        if let Some(at) = entry.local.and_then(|local| local.deadline) {
-            self.wait_ends.remove(&(at, request));
-        }
-        self.local_waits.fetch_sub(1, Ordering::Relaxed);
+        self.local.leave(&entry);
         Some((key, entry))
-    }
-
-    /// Grants request `request`, living in this shard and queued on `key`, and answers the
-    /// wake that tells its waiter. The caller has judged that the key admits it.
-    pub(crate) fn grant_local(
-        &mut self,
-        key: &K,
-        request: RequestId,
-        now: Instant,
-        fx: &mut Effects<K>,
-    ) -> Option<Wake<K>> {
-        let (_, entry) = self.take_local(request, Some(key))?;
-        let local = entry.local.expect("BUG: take_local answers local entries");
-        let spec = GrantSpec {
-            owner: &entry.owner,
-            mode: entry.mode,
-            ttl: local.ttl,
-            session: None,
-            request_id: None,
-            lock_delay: local.lock_delay,
-        };
-        let granted = self.grant(key, &spec, now, fx);
-        let grant = Grant {
-            owner: entry.owner.clone(),
-            mode: entry.mode,
-            session: None,
-            holds: SmallVec::from_buf([granted]),
-            retried: false,
-        };
-        Some(Wake { request, owner: entry.owner, outcome: Ok(grant) })
     }
 
     /// Finds the hold `owner` has on `key` in `mode` (or its only hold when `mode` is
@@ -575,7 +669,8 @@ impl<K: Hash + Eq + Clone> Shard<K> {
     /// two), or starts a new hold with the next fencing token.
     pub(crate) fn grant(&mut self, key: &K, spec: &GrantSpec<'_>, now: Instant, fx: &mut Effects<K>) -> Granted<K> {
         let expires_at = spec.ttl.map(|ttl| now + ttl);
-        let ks = self.keys.entry(key.clone()).or_default();
+        let Shard { keys, books, last_token, config, .. } = self;
+        let ks = keys.entry(key.clone()).or_default();
         if let Some(idx) = ks.hold_index(spec.owner, spec.mode) {
             let hold = &mut ks.holds[idx];
             hold.count = hold.count.checked_add(1).expect("lock count overflow");
@@ -588,43 +683,35 @@ impl<K: Hash + Eq + Clone> Shard<K> {
             if spec.lock_delay.is_some() {
                 hold.lock_delay = spec.lock_delay;
             }
-            let (count, token) = (hold.count, hold.token);
-            let old = hold.expiry;
-            let new_expiry = match (old, expires_at) {
-                (Some((old_at, _)), Some(new_at)) if new_at > old_at => Some(new_at),
-                _ => None,
-            };
-            let expires_at = new_expiry.or(old.map(|(at, _)| at));
-            if let Some(at) = new_expiry {
-                self.move_expiry(key, spec.owner, spec.mode, at, fx);
+            let old = hold.expiry.map(|(at, _)| at);
+            match (old, expires_at) {
+                (Some(old_at), Some(new_at)) if new_at > old_at => books.reschedule(key, hold, new_at, fx),
+                _ => {}
             }
-            self.event(EventKind::Acquired, key, spec.owner, spec.mode, count, token, fx);
-            return Granted { key: key.clone(), count, fencing_token: token, expires_at };
+            let expires_at = hold.expiry.map(|(at, _)| at);
+            record(config, fx, EventKind::Acquired, key, spec.owner, spec.mode, hold.count, hold.token);
+            return Granted { key: key.clone(), count: hold.count, fencing_token: hold.token, expires_at };
         }
-        self.last_token += 1;
-        let token = self.last_token;
-        let timer = expires_at.map(|at| {
-            let id =
-                self.add_timer(at, Timer::Expiry { key: key.clone(), owner: spec.owner.clone(), mode: spec.mode }, fx);
-            (at, id)
+        *last_token += 1;
+        let expiry = expires_at.map(|at| {
+            let timer = Timer::Expiry { key: key.clone(), owner: spec.owner.clone(), mode: spec.mode };
+            (at, books.add_timer(at, timer, fx))
         });
-        let ks = self.keys.get_mut(key).expect("BUG: key state created above");
-        ks.holds.push(Hold {
+        let hold = Hold {
             owner: spec.owner.clone(),
             mode: spec.mode,
             count: 1,
-            token,
+            token: *last_token,
             session: spec.session,
-            expiry: timer,
+            expiry,
             request_ids: spec.request_id.into_iter().cloned().collect(),
             lock_delay: spec.lock_delay,
-        });
-        self.owners.entry(spec.owner.clone()).or_default().push((key.clone(), spec.mode));
-        if let Some(session) = spec.session {
-            self.sessions.entry(session).or_default().push((key.clone(), spec.owner.clone(), spec.mode));
-        }
-        self.event(EventKind::Acquired, key, spec.owner, spec.mode, 1, token, fx);
-        Granted { key: key.clone(), count: 1, fencing_token: token, expires_at }
+        };
+        books.enter(key, &hold);
+        record(config, fx, EventKind::Acquired, key, spec.owner, spec.mode, 1, hold.token);
+        let granted = Granted { key: key.clone(), count: 1, fencing_token: hold.token, expires_at };
+        ks.holds.push(hold);
+        granted
     }
 
     /// Puts back a hold exactly as it was recorded (after a restart): its owner, mode,
@@ -644,9 +731,9 @@ impl<K: Hash + Eq + Clone> Shard<K> {
         self.last_token = self.last_token.max(hold.fencing_token);
         let timer = hold.expires_at.map(|at| {
             let timer = Timer::Expiry { key: key.clone(), owner: hold.owner.clone(), mode: hold.mode };
-            (at, self.add_timer(at, timer, fx))
+            (at, self.books.add_timer(at, timer, fx))
         });
-        self.keys.entry(key.clone()).or_default().holds.push(Hold {
+        let restored = Hold {
             owner: hold.owner.clone(),
             mode: hold.mode,
             count: hold.count.max(1),
@@ -655,11 +742,9 @@ impl<K: Hash + Eq + Clone> Shard<K> {
             expiry: timer,
             request_ids: hold.request_ids[hold.request_ids.len().saturating_sub(REMEMBERED_REQUEST_IDS)..].to_vec(),
             lock_delay: hold.lock_delay,
-        });
-        self.owners.entry(hold.owner.clone()).or_default().push((key.clone(), hold.mode));
-        if let Some(session) = hold.session {
-            self.sessions.entry(session).or_default().push((key.clone(), hold.owner.clone(), hold.mode));
-        }
+        };
+        self.books.enter(key, &restored);
+        self.keys.entry(key.clone()).or_default().holds.push(restored);
         true
     }
 
@@ -690,20 +775,12 @@ impl<K: Hash + Eq + Clone> Shard<K> {
     ) -> Hold {
         let ks = self.keys.get_mut(key).expect("BUG: ending a hold of an absent key");
         let hold = ks.holds.swap_remove(idx);
-        if let Some((at, id)) = hold.expiry {
-            self.timers.remove(&(at, id));
-        }
-        remove_from_index(&mut self.owners, &hold.owner, |(k, m)| k == key && *m == hold.mode);
-        if let Some(session) = hold.session {
-            remove_from_index(&mut self.sessions, &session, |(k, o, m)| {
-                k == key && o.same(&hold.owner) && *m == hold.mode
-            });
-        }
+        self.books.leave(key, &hold);
         let kind = match reason {
             Some(LostReason::Expired) => EventKind::Expired,
             _ => EventKind::Released,
         };
-        self.event(kind, key, &hold.owner, hold.mode, 0, hold.token, fx);
+        record(&self.config, fx, kind, key, &hold.owner, hold.mode, 0, hold.token);
         if let Some(reason) = reason {
             fx.lost.push(Lost {
                 key: key.clone(),
@@ -726,27 +803,17 @@ impl<K: Hash + Eq + Clone> Shard<K> {
             return;
         }
         if let Some(old) = previous {
-            self.timers.remove(&old);
+            self.books.timers.remove(&old);
         }
-        let id = self.add_timer(until, Timer::DelayEnd { key: key.clone() }, fx);
+        let id = self.books.add_timer(until, Timer::DelayEnd { key: key.clone() }, fx);
         self.keys.get_mut(key).expect("BUG: delaying an absent key").delay = Some((until, id));
     }
 
     /// Moves the expiry timer of a hold to `at`.
     pub(crate) fn move_expiry(&mut self, key: &K, owner: &OwnerId, mode: Mode, at: Instant, fx: &mut Effects<K>) {
-        let idx = self.keys[key].hold_index(owner, mode).expect("BUG: moving the expiry of an absent hold");
-        if let Some(old) = self.keys[key].holds[idx].expiry {
-            self.timers.remove(&old);
-        }
-        let id = self.add_timer(at, Timer::Expiry { key: key.clone(), owner: owner.clone(), mode }, fx);
-        self.keys.get_mut(key).expect("BUG: checked above").holds[idx].expiry = Some((at, id));
-    }
-
-    fn add_timer(&mut self, at: Instant, timer: Timer<K>, fx: &mut Effects<K>) -> u64 {
-        self.next_timer += 1;
-        self.timers.insert((at, self.next_timer), timer);
-        fx.deadline(at);
-        self.next_timer
+        let ks = self.keys.get_mut(key).expect("BUG: moving the expiry of an absent key");
+        let idx = ks.hold_index(owner, mode).expect("BUG: moving the expiry of an absent hold");
+        self.books.reschedule(key, &mut ks.holds[idx], at, fx);
     }
 
     /// Forgets a key with no holds, no waiters and no lock-delay, giving back its place in
@@ -762,6 +829,7 @@ impl<K: Hash + Eq + Clone> Shard<K> {
         false
     }
 
+    /// Appends an event to `fx` when the table records events.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn event(
         &self,
@@ -773,17 +841,7 @@ impl<K: Hash + Eq + Clone> Shard<K> {
         token: u64,
         fx: &mut Effects<K>,
     ) {
-        if self.config.record_events {
-            fx.events.push(Event {
-                revision: 0,
-                kind,
-                key: key.clone(),
-                owner: owner.clone(),
-                mode,
-                count,
-                fencing_token: token,
-            });
-        }
+        record(&self.config, fx, kind, key, owner, mode, count, token);
     }
 }
 

@@ -1540,6 +1540,13 @@ fn a_shard_hands_its_key_to_a_plain_waiter_alone_and_escalates_the_rest() {
     assert_eq!((wake.request, &wake.owner), (request, &owner("b")));
     let grant = wake.outcome.as_ref().expect("the waiter is granted");
     assert!(grant.holds[0].fencing_token > first.holds[0].fencing_token);
+    let events: Vec<_> = fx.events.iter().map(|e| (e.kind, e.owner.as_str(), e.count, e.fencing_token)).collect();
+    let tokens = (first.holds[0].fencing_token, grant.holds[0].fencing_token);
+    assert_eq!(
+        events,
+        [(EventKind::Released, "a", 0, tokens.0), (EventKind::Acquired, "b", 1, tokens.1)],
+        "the same events, in the same order, as a hand-off through the coordinator"
+    );
     assert_eq!(c.waiting(), 0);
     assert_eq!(c.next_deadline(&mut shards), None, "a granted wait no longer runs out");
     let status = c.status(&mut shards, &key).expect("b holds the key");
