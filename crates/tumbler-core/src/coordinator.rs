@@ -26,7 +26,7 @@ use crate::owner::OwnerId;
 use crate::request::{Acquire, Acquired, Grant, Granted, RequestId, Wait};
 use crate::session::{SessionId, SessionInfo};
 use crate::shard::{
-    check_compatible_request, retried_granted, validate_request, Entry, GrantSpec, Hold, KeyState, LocalWait,
+    check_compatible_request, record, retried_granted, validate_request, Entry, GrantSpec, Hold, KeyState, LocalWait,
     Occupancy, RestoredHold, Shard, Shards, Timer,
 };
 use crate::time::Instant;
@@ -580,11 +580,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
                 .map(|cycle| Error::Deadlock { cycle })
         };
         if let Some(error) = refusal {
-            if self.config.record_events {
-                for key in &pending.keys {
-                    self.shard(shards, key).event(EventKind::Cancelled, key, &pending.owner, pending.mode, 0, 0, fx);
-                }
-            }
+            self.record_cancelled(&pending, fx);
             self.drop_idle(shards, &pending.keys);
             fx.wakes.push(Wake { request, owner: pending.owner, outcome: Err(error) });
             return false;
@@ -592,6 +588,13 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
         let grant = self.grant_keys(shards, &pending.keys, &pending.spec(), now, fx);
         fx.wakes.push(Wake { request, owner: pending.owner, outcome: Ok(grant) });
         true
+    }
+
+    /// Records that `pending` left its queues without a grant.
+    fn record_cancelled(&self, pending: &Pending<K>, fx: &mut Effects<K>) {
+        for key in &pending.keys {
+            record(&self.config, fx, EventKind::Cancelled, key, &pending.owner, pending.mode, 0, 0);
+        }
     }
 
     /// Withdraws a queued request (its waiter gave up or went away). Requests behind it are
@@ -634,11 +637,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
         fx: &mut Effects<K>,
     ) -> Option<SmallVec<[K; 1]>> {
         let pending = self.unqueue(shards, request, key, IdleKeys::Drop)?;
-        if self.config.record_events {
-            for key in &pending.keys {
-                self.shard(shards, key).event(EventKind::Cancelled, key, &pending.owner, pending.mode, 0, 0, fx);
-            }
-        }
+        self.record_cancelled(&pending, fx);
         if let Some(error) = error {
             fx.wakes.push(Wake { request, owner: pending.owner.clone(), outcome: Err(error) });
         }

@@ -401,7 +401,7 @@ impl<K: Hash + Eq + Clone> LocalWaits<K> {
 
 /// Appends an event to `fx` when the table records events.
 #[allow(clippy::too_many_arguments)]
-fn record<K: Clone>(
+pub(crate) fn record<K: Clone>(
     config: &Config<K>,
     fx: &mut Effects<K>,
     kind: EventKind,
@@ -755,9 +755,8 @@ impl<K: Hash + Eq + Clone> Shard<K> {
         let hold = &mut ks.holds[idx];
         if hold.count > 1 {
             hold.count -= 1;
-            let (owner, mode, count, token) = (hold.owner.clone(), hold.mode, hold.count, hold.token);
-            self.event(EventKind::Released, key, &owner, mode, count, token, fx);
-            return count;
+            record(&self.config, fx, EventKind::Released, key, &hold.owner, hold.mode, hold.count, hold.token);
+            return hold.count;
         }
         self.end_hold(key, idx, None, now, fx);
         0
@@ -827,21 +826,6 @@ impl<K: Hash + Eq + Clone> Shard<K> {
             return true;
         }
         false
-    }
-
-    /// Appends an event to `fx` when the table records events.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn event(
-        &self,
-        kind: EventKind,
-        key: &K,
-        owner: &OwnerId,
-        mode: Mode,
-        count: u32,
-        token: u64,
-        fx: &mut Effects<K>,
-    ) {
-        record(&self.config, fx, kind, key, owner, mode, count, token);
     }
 }
 
