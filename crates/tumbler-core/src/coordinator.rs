@@ -856,7 +856,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
         let reason = if voluntary { LostReason::Goodbye } else { LostReason::OwnerEnded };
         let mut touched = Vec::new();
         for i in 0..shards.count() {
-            let Some(held) = shards.get(i).books.owners.get(owner).cloned() else { continue };
+            let held = shards.get(i).books.owners.get(owner).to_vec();
             for (key, mode) in held {
                 let idx = shards.get(i).keys[&key].hold_index(owner, mode).expect("BUG: owner index out of date");
                 self.end_hold(shards, &key, idx, Some(reason), now, fx);
@@ -969,7 +969,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
             touched.extend(self.withdraw(shards, request, None, Some(Error::SessionExpired), fx).into_iter().flatten());
         }
         for i in 0..shards.count() {
-            let Some(held) = shards.get(i).books.sessions.get(&id).cloned() else { continue };
+            let held = shards.get(i).books.sessions.get(&id).to_vec();
             for (key, owner, mode) in held {
                 let idx = shards.get(i).keys[&key].hold_index(&owner, mode).expect("BUG: session index out of date");
                 self.end_hold(shards, &key, idx, Some(reason), now, fx);
@@ -1210,14 +1210,14 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
                 }
             }
         }
-        (0..shards.count()).any(|i| shards.get(i).books.owners.contains_key(owner))
+        (0..shards.count()).any(|i| shards.get(i).books.owners.contains(owner))
     }
 
     /// Whether `owner` has a queued request, wherever it lives.
     fn waits_anywhere(&self, shards: &mut dyn Shards<K>, owner: &OwnerId) -> bool {
         self.waits_by_owner.contains_key(owner)
             || (self.local_waits.load(Ordering::Relaxed) > 0
-                && (0..shards.count()).any(|i| shards.get(i).local.by_owner.contains_key(owner)))
+                && (0..shards.count()).any(|i| shards.get(i).local.by_owner.contains(owner)))
     }
 
     /// The queued requests of `owner`: those the coordinator keeps (without a key), then
@@ -1227,7 +1227,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
             self.waits_by_owner.get(owner).into_iter().flatten().map(|r| (*r, None)).collect();
         if self.local_waits.load(Ordering::Relaxed) > 0 {
             for i in 0..shards.count() {
-                let waits = shards.get(i).local.by_owner.get(owner).into_iter().flatten();
+                let waits = shards.get(i).local.by_owner.get(owner).iter();
                 out.extend(waits.map(|(k, r)| (*r, Some(k.clone()))));
             }
         }

@@ -42,6 +42,7 @@ mod effects;
 mod error;
 mod event;
 mod hash;
+mod index;
 mod key;
 mod layout;
 mod mode;

@@ -20,6 +20,7 @@ use crate::effects::{Effects, Lost, LostReason, Wake};
 use crate::error::{Error, Holder, Result};
 use crate::event::{Event, EventKind};
 use crate::hash::Map;
+use crate::index::Index;
 use crate::mode::Mode;
 use crate::namespaces::KeyBudget;
 use crate::owner::OwnerId;
@@ -317,10 +318,10 @@ pub struct Shard<K> {
 /// A shard's records of its holds beside the keys' own state: who holds what, which session
 /// holds what, and the timers. Apart from the keys so that a key's state and the records can
 /// be changed together after one lookup.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Books<K> {
-    pub owners: Map<OwnerId, SmallVec<[(K, Mode); 2]>>,
-    pub sessions: Map<SessionId, SmallVec<[SessionHold<K>; 2]>>,
+    pub owners: Index<OwnerId, [(K, Mode); 2]>,
+    pub sessions: Index<SessionId, [SessionHold<K>; 2]>,
     pub timers: BTreeMap<(Instant, u64), Timer<K>>,
     next_timer: u64,
 }
@@ -328,9 +329,9 @@ pub(crate) struct Books<K> {
 impl<K: Hash + Eq + Clone> Books<K> {
     /// Records a hold that starts: under its owner and its session.
     fn enter(&mut self, key: &K, hold: &Hold) {
-        self.owners.entry(hold.owner.clone()).or_default().push((key.clone(), hold.mode));
+        self.owners.push(&hold.owner, (key.clone(), hold.mode));
         if let Some(session) = hold.session {
-            self.sessions.entry(session).or_default().push((key.clone(), hold.owner.clone(), hold.mode));
+            self.sessions.push(&session, (key.clone(), hold.owner.clone(), hold.mode));
         }
     }
 
@@ -339,11 +340,9 @@ impl<K: Hash + Eq + Clone> Books<K> {
         if let Some(timer) = hold.expiry {
             self.timers.remove(&timer);
         }
-        remove_from_index(&mut self.owners, &hold.owner, |(k, m)| k == key && *m == hold.mode);
+        self.owners.remove(&hold.owner, |(k, m)| k == key && *m == hold.mode);
         if let Some(session) = hold.session {
-            remove_from_index(&mut self.sessions, &session, |(k, o, m)| {
-                k == key && o.same(&hold.owner) && *m == hold.mode
-            });
+            self.sessions.remove(&session, |(k, o, m)| k == key && o.same(&hold.owner) && *m == hold.mode);
         }
     }
 
@@ -369,7 +368,7 @@ impl<K: Hash + Eq + Clone> Books<K> {
 pub(crate) struct LocalWaits<K> {
     /// By owner, with their keys: what the coordinator's wait-for graph and an owner's end
     /// need to find them.
-    pub by_owner: Map<OwnerId, SmallVec<[(K, RequestId); 1]>>,
+    pub by_owner: Index<OwnerId, [(K, RequestId); 1]>,
     /// When those with a time bound run out, with their keys. Apart from the books' timers:
     /// on a tie, holds expire and lock-delays end before waits run out
     /// ([`crate::Coordinator::tick`]).
@@ -382,7 +381,7 @@ pub(crate) struct LocalWaits<K> {
 impl<K: Hash + Eq + Clone> LocalWaits<K> {
     /// Records a request that starts to wait on `key`.
     pub fn enter(&mut self, key: &K, entry: &Entry) {
-        self.by_owner.entry(entry.owner.clone()).or_default().push((key.clone(), entry.request));
+        self.by_owner.push(&entry.owner, (key.clone(), entry.request));
         if let Some(at) = entry.local.and_then(|local| local.deadline) {
             self.ends.insert((at, entry.request), key.clone());
         }
@@ -391,7 +390,7 @@ impl<K: Hash + Eq + Clone> LocalWaits<K> {
 
     /// Forgets a request taken out of its queue.
     fn leave(&mut self, entry: &Entry) {
-        remove_from_index(&mut self.by_owner, &entry.owner, |(_, r)| *r == entry.request);
+        self.by_owner.remove(&entry.owner, |(_, r)| *r == entry.request);
         if let Some(at) = entry.local.and_then(|local| local.deadline) {
             self.ends.remove(&(at, entry.request));
         }
@@ -452,8 +451,13 @@ impl<K: Hash + Eq + Clone> Shard<K> {
         Shard {
             budget,
             keys: Map::default(),
-            books: Books { owners: Map::default(), sessions: Map::default(), timers: BTreeMap::new(), next_timer: 0 },
-            local: LocalWaits { by_owner: Map::default(), ends: BTreeMap::new(), count: local_waits },
+            books: Books {
+                owners: Index::default(),
+                sessions: Index::default(),
+                timers: BTreeMap::new(),
+                next_timer: 0,
+            },
+            local: LocalWaits { by_owner: Index::default(), ends: BTreeMap::new(), count: local_waits },
             last_token: 0,
             config,
         }
@@ -630,7 +634,7 @@ impl<K: Hash + Eq + Clone> Shard<K> {
         let key = match key {
             Some(key) => key.clone(),
             // Without its key, the request is looked for among every local wait here.
-            None => self.local.by_owner.values().flatten().find(|(_, r)| *r == request).map(|(k, _)| k.clone())?,
+            None => self.local.by_owner.items().find(|(_, r)| *r == request).map(|(k, _)| k.clone())?,
         };
         let ks = self.keys.get_mut(&key)?;
         let pos = ks.queue.iter().position(|e| e.request == request && e.local.is_some())?;
@@ -843,25 +847,6 @@ fn hands_off(ks: &KeyState, now: Instant) -> bool {
         return false;
     }
     ks.queue.len() == 1 || (head.mode == Mode::Exclusive && !ks.queue.iter().skip(1).any(|e| e.owner.same(&head.owner)))
-}
-
-/// Removes the first item matching `matches` from `map[id]`, dropping the entry when it
-/// becomes empty.
-fn remove_from_index<I: Hash + Eq, T, const N: usize>(
-    map: &mut Map<I, SmallVec<[T; N]>>,
-    id: &I,
-    matches: impl Fn(&T) -> bool,
-) where
-    [T; N]: smallvec::Array<Item = T>,
-{
-    if let Some(items) = map.get_mut(id) {
-        if let Some(pos) = items.iter().position(matches) {
-            items.swap_remove(pos);
-        }
-        if items.is_empty() {
-            map.remove(id);
-        }
-    }
 }
 
 /// Checks the shape of a request: mode, keys, TTL.

@@ -202,7 +202,7 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
         self.settle(fx, wakes);
         match answer? {
             Acquired::Granted(grant) => Ok(grant),
-            Acquired::Waiting { request, .. } => WaitFor { engine: self.clone(), request, rx, done: false }.await,
+            Acquired::Waiting { request, .. } => WaitFor { engine: self, request, rx, done: false }.await,
         }
     }
 
@@ -626,14 +626,14 @@ async fn drive_timer<K: Hash + Eq + Clone + Send + Sync + 'static>(engine: Weak<
 
 /// A queued request's wait for its outcome. Dropping it before the outcome withdraws the
 /// request, and releases a grant that raced with the drop.
-struct WaitFor<K: Hash + Eq + Clone + Send + Sync + 'static> {
-    engine: Engine<K>,
+struct WaitFor<'e, K: Hash + Eq + Clone + Send + Sync + 'static> {
+    engine: &'e Engine<K>,
     request: RequestId,
     rx: oneshot::Receiver<CoreResult<Grant<K>>>,
     done: bool,
 }
 
-impl<K: Hash + Eq + Clone + Send + Sync + 'static> std::future::Future for WaitFor<K> {
+impl<K: Hash + Eq + Clone + Send + Sync + 'static> std::future::Future for WaitFor<'_, K> {
     type Output = CoreResult<Grant<K>>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -649,7 +649,7 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> std::future::Future for WaitF
     }
 }
 
-impl<K: Hash + Eq + Clone + Send + Sync + 'static> Drop for WaitFor<K> {
+impl<K: Hash + Eq + Clone + Send + Sync + 'static> Drop for WaitFor<'_, K> {
     fn drop(&mut self) {
         if self.done {
             return;
