@@ -1,5 +1,7 @@
-//! The coordinator: what spans shards. Waiting requests and their deadlines, sessions,
-//! per-namespace counts, deadlock detection, and every operation that needs them.
+//! The coordinator: what spans shards. Waiting requests and their deadlines (except waits
+//! for one key with no session or request id, which live in their key's shard:
+//! [`RequestId::home`]), sessions, per-namespace counts, deadlock detection, and every
+//! operation that needs them.
 //!
 //! Its operations take every shard of the table (`shards`, indexed by
 //! [`Layout::shard_of`]) together with the coordinator itself, so a caller that keeps
@@ -277,8 +279,8 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
             Wait::Timeout(d) => Some(now + d),
             _ => None,
         };
-        // A plain wait for one key lives in that key's shard, which can then hand the key
-        // to it alone; everything else the coordinator keeps.
+        // A wait for one key with no session or request id lives in that key's shard, which
+        // can then hand the key to it alone; everything else the coordinator keeps.
         let local = req.keys.len() == 1 && req.session.is_none() && req.request_id.is_none();
         let home = local.then(|| self.layout.shard_of(&req.keys[0]));
         self.last_request += 1;

@@ -1,9 +1,11 @@
 //! One shard of the lock table: the keys that hash to it, their holds and queues, the
-//! per-shard indexes by owner and session, the shard's timers and its fencing counter.
+//! per-shard indexes by owner and session, the shard's timers, the waits that live in it
+//! ([`RequestId::home`]) and its fencing counter.
 //!
-//! A shard decides alone whatever concerns only its keys and needs no queue: an immediate
-//! grant, a try that fails, a release that leaves no waiter to wake. Those are the hot
-//! paths, and [`Shard::try_acquire`] / [`Shard::try_release`] run them with only this
+//! A shard decides alone whatever concerns only its keys and needs no other queue: an
+//! immediate grant, a try that fails, a release that leaves no waiter to wake, and the
+//! hand-off of a key from its only holder to a first waiter that lives here. Those are the
+//! hot paths, and [`Shard::try_acquire`] / [`Shard::try_release`] run them with only this
 //! shard borrowed. Everything else answers [`Escalate`], and the caller retries through
 //! the coordinator with every shard borrowed ([`crate::Coordinator`]).
 
