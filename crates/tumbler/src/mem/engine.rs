@@ -6,10 +6,12 @@
 //!
 //! # Locking
 //!
-//! Hot single-key operations lock one shard. Everything else locks the central state (the
-//! coordinator and the waiter registry) and then every shard in index order; the order is
-//! fixed, so the engine cannot deadlock itself. No lock is held across an `.await`, and no
-//! waiter is woken, nor a guard told, while a lock is held.
+//! Hot single-key operations lock one shard: an immediate grant, a release, and the
+//! hand-off of a key to a waiter living in its shard (whose waiters are filed with the
+//! shard). Everything else locks the central state (the coordinator and the waiters of the
+//! requests it keeps) and then the shards it needs, each on first use ([`LockedShards`]
+//! says why that cannot deadlock). No lock is held across an `.await`, and no waiter is
+//! woken, nor a guard told, while a lock is held.
 
 use std::collections::HashMap;
 use std::hash::Hash;
