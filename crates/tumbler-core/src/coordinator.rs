@@ -669,7 +669,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
         let idx = shard.find_hold(key, owner, mode, token)?;
         let hold = &shard.keys[key].holds[idx];
         if hold.count > 1 {
-            return Ok(shard.release_level(key, idx, now, fx));
+            return Ok(shard.release_level(key, idx, fx));
         }
         self.end_hold(shards, key, idx, None, now, fx);
         self.hand_off(shards, key, now, fx);
@@ -707,7 +707,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
         now: Instant,
         fx: &mut Effects<K>,
     ) {
-        let hold = self.shard_mut(shards, key).end_hold(key, idx, reason, now, fx);
+        let hold = self.shard_mut(shards, key).end_hold(key, idx, reason.map(|r| (r, now)), fx);
         if let Some(session) = hold.session.and_then(|s| self.sessions.get_mut(&s)) {
             session.holds = session.holds.saturating_sub(1);
         }

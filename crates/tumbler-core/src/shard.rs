@@ -554,13 +554,16 @@ impl<K: Hash + Eq + Clone> Shard<K> {
     /// waiter, a request living in this shard ([`RequestId::home`]), and to nobody else (the
     /// conditions are in `hands_off`). The grant is then in `fx.wakes`, exactly as the
     /// coordinator would have made it. Otherwise answers [`Escalate`] and changes nothing.
+    ///
+    /// `now` is called only when the release needs the time, to start a hold with a TTL
+    /// for the waiter it hands the key to: most releases read no clock.
     pub fn try_release(
         &mut self,
         key: &K,
         owner: &OwnerId,
         mode: Option<Mode>,
         token: Option<u64>,
-        now: Instant,
+        now: impl FnOnce() -> Instant,
         fx: &mut Effects<K>,
     ) -> Result<Result<u32>, Escalate> {
         let idx = match self.find_hold(key, owner, mode, token) {
@@ -573,13 +576,13 @@ impl<K: Hash + Eq + Clone> Shard<K> {
             return Err(Escalate);
         }
         if hold.count > 1 || ks.queue.is_empty() {
-            let left = self.release_level(key, idx, now, fx);
+            let left = self.release_level(key, idx, fx);
             if left == 0 {
                 self.drop_if_idle(key);
             }
             return Ok(Ok(left));
         }
-        if !hands_off(ks, now) {
+        if !hands_off(ks) {
             return Err(Escalate);
         }
         let wake = self.hand_over(key, now, fx);
@@ -590,15 +593,15 @@ impl<K: Hash + Eq + Clone> Shard<K> {
     /// Ends the only hold of `key` and gives the key to its first waiter, a request living
     /// in this shard: what ending the hold and then granting the waiter do elsewhere, in one
     /// visit of the key's state (the hot key's hand-off). Answers the waiter's wake.
-    fn hand_over(&mut self, key: &K, now: Instant, fx: &mut Effects<K>) -> Wake<K> {
+    fn hand_over(&mut self, key: &K, now: impl FnOnce() -> Instant, fx: &mut Effects<K>) -> Wake<K> {
         let Shard { keys, books, local, last_token, config, .. } = self;
         let ks = keys.get_mut(key).expect("BUG: hands_off checked the key");
-        debug_assert!(ks.holds.len() == 1 && !ks.delayed(now), "BUG: handing over a key that is not free to take");
+        debug_assert!(ks.holds.len() == 1 && ks.delay.is_none(), "BUG: handing over a key that is not free to take");
         let entry = ks.queue.pop_front().expect("BUG: hands_off checked the queue");
         local.leave(&entry);
         let wait = entry.local.expect("BUG: hands_off checked that the head lives here");
         *last_token += 1;
-        let expires_at = wait.ttl.map(|ttl| now + ttl);
+        let expires_at = wait.ttl.map(|ttl| now() + ttl);
         let expiry = expires_at.map(|at| {
             let timer = Timer::Expiry { key: key.clone(), owner: entry.owner.clone(), mode: entry.mode };
             (at, books.add_timer(at, timer, fx))
@@ -756,7 +759,7 @@ impl<K: Hash + Eq + Clone> Shard<K> {
 
     /// Releases one level of hold `idx` of `key`; at zero the hold ends. Returns the count
     /// left. The key state stays even if idle (callers pump its queue, then drop it).
-    pub(crate) fn release_level(&mut self, key: &K, idx: usize, now: Instant, fx: &mut Effects<K>) -> u32 {
+    pub(crate) fn release_level(&mut self, key: &K, idx: usize, fx: &mut Effects<K>) -> u32 {
         let ks = self.keys.get_mut(key).expect("BUG: releasing a hold of an absent key");
         let hold = &mut ks.holds[idx];
         if hold.count > 1 {
@@ -764,29 +767,29 @@ impl<K: Hash + Eq + Clone> Shard<K> {
             record(&self.config, fx, EventKind::Released, key, &hold.owner, hold.mode, hold.count, hold.token);
             return hold.count;
         }
-        self.end_hold(key, idx, None, now, fx);
+        self.end_hold(key, idx, None, fx);
         0
     }
 
-    /// Ends hold `idx` of `key` entirely. With a `reason` the owner did not ask for it:
-    /// its guards are told, and a lock-delay it carries starts now.
+    /// Ends hold `idx` of `key` entirely. When it is `lost` (for a reason, at an instant)
+    /// the owner did not ask for it: its guards are told, and a lock-delay it carries starts
+    /// then.
     pub(crate) fn end_hold(
         &mut self,
         key: &K,
         idx: usize,
-        reason: Option<LostReason>,
-        now: Instant,
+        lost: Option<(LostReason, Instant)>,
         fx: &mut Effects<K>,
     ) -> Hold {
         let ks = self.keys.get_mut(key).expect("BUG: ending a hold of an absent key");
         let hold = ks.holds.swap_remove(idx);
         self.books.leave(key, &hold);
-        let kind = match reason {
-            Some(LostReason::Expired) => EventKind::Expired,
+        let kind = match lost {
+            Some((LostReason::Expired, _)) => EventKind::Expired,
             _ => EventKind::Released,
         };
         record(&self.config, fx, kind, key, &hold.owner, hold.mode, 0, hold.token);
-        if let Some(reason) = reason {
+        if let Some((reason, now)) = lost {
             fx.lost.push(Lost {
                 key: key.clone(),
                 owner: hold.owner.clone(),
@@ -841,11 +844,12 @@ impl<K: Hash + Eq + Clone> Shard<K> {
 /// is granted after it (it is alone, or it takes the key exclusively and no other request
 /// of its owner waits here, which would become a re-entry); the releasing owner does not
 /// wait here itself (its requests would now wait for earlier ones, which the coordinator
-/// must check for cycles); and no lock-delay runs. With no hold left and no delay, the
-/// fairness rule admits the first waiter, whatever its mode.
-fn hands_off(ks: &KeyState, now: Instant) -> bool {
+/// must check for cycles); and the key has no lock-delay (not even one that has run out
+/// but whose end the table has not carried out yet: that needs no clock to see). With no
+/// hold left and no delay, the fairness rule admits the first waiter, whatever its mode.
+fn hands_off(ks: &KeyState) -> bool {
     let ([hold], Some(head)) = (ks.holds.as_slice(), ks.queue.front()) else { return false };
-    if head.local.is_none() || ks.delayed(now) || ks.queue.iter().any(|e| e.owner.same(&hold.owner)) {
+    if head.local.is_none() || ks.delay.is_some() || ks.queue.iter().any(|e| e.owner.same(&hold.owner)) {
         return false;
     }
     ks.queue.len() == 1 || (head.mode == Mode::Exclusive && !ks.queue.iter().skip(1).any(|e| e.owner.same(&head.owner)))

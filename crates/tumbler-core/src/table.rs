@@ -82,7 +82,7 @@ impl<K: Hash + Eq + Clone> LockTable<K> {
         fx: &mut Effects<K>,
     ) -> Result<u32> {
         let shard = self.coordinator.layout().shard_of(key);
-        if let Ok(answer) = self.shards[shard].try_release(key, owner, mode, token, now, fx) {
+        if let Ok(answer) = self.shards[shard].try_release(key, owner, mode, token, || now, fx) {
             return answer;
         }
         self.with_all(|c, s| c.release(s, key, owner, mode, token, now, fx))

@@ -1534,7 +1534,7 @@ fn a_shard_hands_its_key_to_a_plain_waiter_alone_and_escalates_the_rest() {
     assert_eq!(c.waiting(), 1);
     assert_eq!(c.next_deadline(&mut shards), Some(at(50)));
     fx.clear();
-    let left = shards[home].try_release(&key, &owner("a"), None, None, at(1), &mut fx);
+    let left = shards[home].try_release(&key, &owner("a"), None, None, || at(1), &mut fx);
     assert_eq!(left, Ok(Ok(0)));
     let [wake] = fx.wakes.as_slice() else { panic!("one waiter is woken: {:?}", fx.wakes) };
     assert_eq!((wake.request, &wake.owner), (request, &owner("b")));
@@ -1573,7 +1573,7 @@ fn a_shard_hands_its_key_to_a_plain_waiter_alone_and_escalates_the_rest() {
         }
         fx.clear();
         let before = c.status(&mut shards, &key);
-        let answer = shards[home].try_release(&key, &owner("a"), Some(X), None, at(1), &mut fx);
+        let answer = shards[home].try_release(&key, &owner("a"), Some(X), None, || at(1), &mut fx);
         assert_eq!(answer, Err(Escalate), "{waiters:?}");
         assert!(fx.is_empty(), "{waiters:?}");
         assert_eq!(c.status(&mut shards, &key), before, "{waiters:?}");

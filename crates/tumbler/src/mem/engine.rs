@@ -213,12 +213,11 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
     /// # Errors
     /// The core's errors.
     pub fn release(&self, key: &K, owner: &OwnerId, mode: Option<Mode>, token: Option<u64>) -> CoreResult<u32> {
-        let now = self.now();
         let mut fx = Effects::new();
         let shard = self.inner.layout.shard_of(key);
         let fast = {
             let mut slot = self.inner.shards[shard].0.lock();
-            let answer = slot.shard.try_release(key, owner, mode, token, now, &mut fx);
+            let answer = slot.shard.try_release(key, owner, mode, token, || self.now(), &mut fx);
             // The shard may have handed the key to a request living in it, whose waiters
             // are filed with it.
             let wakes: Wakes<K> = fx
@@ -233,6 +232,7 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
             self.settle(fx, wakes);
             return answer;
         }
+        let now = self.now();
         self.full(|c, s, fx| c.release(s, key, owner, mode, token, now, fx))
     }
 
