@@ -584,11 +584,11 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
         if let Some(error) = refusal {
             self.record_cancelled(&pending, fx);
             self.drop_idle(shards, &pending.keys);
-            fx.wakes.push(Wake { request, owner: pending.owner, outcome: Err(error) });
+            fx.wakes.push(Wake { request, outcome: Err(error) });
             return false;
         }
         let grant = self.grant_keys(shards, &pending.keys, &pending.spec(), now, fx);
-        fx.wakes.push(Wake { request, owner: pending.owner, outcome: Ok(grant) });
+        fx.wakes.push(Wake { request, outcome: Ok(grant) });
         true
     }
 
@@ -641,7 +641,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
         let pending = self.unqueue(shards, request, key, IdleKeys::Drop)?;
         self.record_cancelled(&pending, fx);
         if let Some(error) = error {
-            fx.wakes.push(Wake { request, owner: pending.owner.clone(), outcome: Err(error) });
+            fx.wakes.push(Wake { request, outcome: Err(error) });
         }
         Some(pending.keys)
     }

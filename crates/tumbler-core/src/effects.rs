@@ -10,10 +10,9 @@ use crate::time::Instant;
 /// The outcome of a waiting request, to deliver to whoever waits for it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Wake<K> {
-    /// The request that stopped waiting.
+    /// The request that stopped waiting. (Its owner is in the grant; a caller that needs
+    /// it for a failure knows it from the request.)
     pub request: RequestId,
-    /// Its owner.
-    pub owner: OwnerId,
     /// The grant, or why it failed (`timeout`, `deadlock`, `session_expired`, ...).
     pub outcome: Result<Grant<K>, Error>,
 }

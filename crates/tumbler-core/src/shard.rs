@@ -630,7 +630,7 @@ impl<K: Hash + Eq + Clone> Shard<K> {
             holds: SmallVec::from_buf([granted]),
             retried: false,
         };
-        Wake { request: entry.request, owner: hold.owner.clone(), outcome: Ok(grant) }
+        Wake { request: entry.request, outcome: Ok(grant) }
     }
 
     /// Removes request `request`, living in this shard, from the queue of `key` (found
