@@ -71,7 +71,7 @@ pub(crate) struct Hold {
     pub count: u32,
     pub token: u64,
     pub session: Option<SessionId>,
-    /// The expiry and the id of its timer in [`Shard::timers`].
+    /// The expiry and the id of its timer in [`Books::timers`].
     pub expiry: Option<(Instant, u64)>,
     /// Request ids that entered this hold, oldest first, at most [`REMEMBERED_REQUEST_IDS`]
     /// (for retry de-duplication). They stay for the hold's life: releases name no level,
@@ -98,7 +98,7 @@ pub(crate) struct Entry {
 pub(crate) struct LocalWait {
     pub ttl: Option<Duration>,
     pub lock_delay: Option<Duration>,
-    /// When the wait runs out (also in [`Shard::wait_ends`]).
+    /// When the wait runs out (also in [`LocalWaits::ends`]).
     pub deadline: Option<Instant>,
 }
 
