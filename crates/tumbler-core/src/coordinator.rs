@@ -91,6 +91,13 @@ pub struct HolderStatus {
     pub request_ids: Vec<Arc<str>>,
 }
 
+/// A queued request as the coordinator's algorithms see it, wherever it lives.
+struct Queued<K> {
+    owner: OwnerId,
+    mode: Mode,
+    keys: SmallVec<[K; 1]>,
+}
+
 /// What [`Coordinator::unqueue`] does with a key the request leaves idle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum IdleKeys {
@@ -486,31 +493,20 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
                     // The first candidate of a single key was judged on this key as it still
                     // is; any other is judged afresh: grants earlier in this pass may have
                     // changed any key.
-                    let (ready, owner, others) = if request.home().is_some() {
-                        let ks = self.key_state(shards, &key).expect("BUG: pumping an absent key");
-                        let Some(pos) = ks.queue.iter().position(|e| e.request == request) else {
-                            look_again = true;
-                            continue;
-                        };
-                        let entry = &ks.queue[pos];
-                        let ready = i == 0 || ks.admits(&entry.owner, entry.mode, pos, now);
-                        (ready, entry.owner.clone(), SmallVec::<[K; 4]>::new())
-                    } else {
-                        let Some(pending) = self.pending.get(&request) else {
-                            look_again = true;
-                            continue;
-                        };
-                        let ready = (i == 0 && pending.keys.len() == 1)
-                            || pending.keys.iter().all(|k| {
-                                self.key_state(shards, k).is_some_and(|ks| {
-                                    let pos = ks.queue.iter().position(|e| e.request == request);
-                                    pos.is_some_and(|pos| ks.admits(&pending.owner, pending.mode, pos, now))
-                                })
-                            });
-                        let others = pending.keys.iter().filter(|k| *k != &key).cloned().collect();
-                        (ready, pending.owner.clone(), others)
+                    let Some(queued) = self.queued(shards, request, Some(&key)) else {
+                        look_again = true;
+                        continue;
                     };
+                    let ready = (i == 0 && queued.keys.len() == 1)
+                        || queued.keys.iter().all(|k| {
+                            self.key_state(shards, k).is_some_and(|ks| {
+                                let pos = ks.queue.iter().position(|e| e.request == request);
+                                pos.is_some_and(|pos| ks.admits(&queued.owner, queued.mode, pos, now))
+                            })
+                        });
                     if ready {
+                        let Queued { owner, keys, .. } = queued;
+                        let others: SmallVec<[K; 4]> = keys.into_iter().filter(|k| *k != key).collect();
                         let granted = self.grant_pending(shards, request, Some(&key), now, fx);
                         // A later request of the same owner here was judged as a newcomer's;
                         // once the owner holds the key it is a re-entry, judged on the holds
@@ -672,29 +668,8 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
             return Ok(shard.release_level(key, idx, fx));
         }
         self.end_hold(shards, key, idx, None, now, fx);
-        self.hand_off(shards, key, now, fx);
-        Ok(0)
-    }
-
-    /// [`Coordinator::pump`] for a key whose hold just ended, with a shortcut for the
-    /// hand-off of a hot key: a first waiter that asks for this key alone and that the key
-    /// admits now is granted at once, as the pump would grant it first. The full pump runs
-    /// only for what may follow: more waiters, or an owner whose hold ended while it waits
-    /// here.
-    fn hand_off(&mut self, shards: &mut dyn Shards<K>, key: &K, now: Instant, fx: &mut Effects<K>) {
-        let head = self
-            .key_state(shards, key)
-            .and_then(|ks| ks.queue.front().filter(|head| ks.admits(&head.owner, head.mode, 0, now)))
-            .map(|head| head.request)
-            .filter(|request| request.home().is_some() || self.pending.get(request).is_some_and(|p| p.keys.len() == 1));
-        if let Some(request) = head {
-            self.grant_pending(shards, request, Some(key), now, fx);
-            let settled = self.key_state(shards, key).is_none_or(|ks| ks.queue.is_empty());
-            if settled && self.demoted.is_empty() {
-                return;
-            }
-        }
         self.pump(shards, [key.clone()], now, fx);
+        Ok(0)
     }
 
     /// Ends a hold entirely (all levels), keeping session counts right.
@@ -1187,9 +1162,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
         // Shards may grant requests living in them while the coordinator works, which only
         // removes edges from the graph; taking every shard first makes the search read one
         // graph, not edges from different moments that never formed a cycle together.
-        for i in 0..shards.count() {
-            shards.get(i);
-        }
+        shards.take_all();
         let mut path = self.path_to_any(shards, start, std::slice::from_ref(start))?;
         path.pop();
         Some(path)
@@ -1204,8 +1177,8 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
     /// through the whole queue, per arrival, into one look at each queue's tail and at each
     /// shard's owner index.
     fn may_be_waited_for(&self, shards: &mut dyn Shards<K>, owner: &OwnerId) -> bool {
-        for (request, _, keys) in self.waits_with_keys(shards, owner) {
-            for key in &keys {
+        for (request, queued) in self.waits_with_keys(shards, owner) {
+            for key in &queued.keys {
                 let ks = self.key_state(shards, key).expect("BUG: queued on an absent key");
                 if ks.queue.back().is_none_or(|e| e.request != request) {
                     return true;
@@ -1237,22 +1210,22 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
     }
 
     /// The queued requests of `owner` with their modes and keys, wherever they live.
-    fn waits_with_keys(&self, shards: &mut dyn Shards<K>, owner: &OwnerId) -> Vec<(RequestId, Mode, SmallVec<[K; 1]>)> {
-        let mut out = Vec::new();
-        for (request, key) in self.waits_of(shards, owner) {
-            match key {
-                Some(key) => {
-                    let ks = self.key_state(shards, &key).expect("BUG: queued on an absent key");
-                    let entry = ks.queue.iter().find(|e| e.request == request).expect("BUG: not in its queue");
-                    out.push((request, entry.mode, SmallVec::from_buf([key])));
-                }
-                None => {
-                    let pending = &self.pending[&request];
-                    out.push((request, pending.mode, pending.keys.clone()));
-                }
-            }
+    fn waits_with_keys(&self, shards: &mut dyn Shards<K>, owner: &OwnerId) -> Vec<(RequestId, Queued<K>)> {
+        let waits = self.waits_of(shards, owner);
+        let queued = waits.into_iter().map(|(request, key)| (request, self.queued(shards, request, key.as_ref())));
+        queued.map(|(request, queued)| (request, queued.expect("BUG: an indexed wait is not queued"))).collect()
+    }
+
+    /// Who asks for what in queued request `request`, wherever it lives (a request living
+    /// in a shard is found in the queue of `key`); `None` when it is not queued (there).
+    fn queued(&self, shards: &mut dyn Shards<K>, request: RequestId, key: Option<&K>) -> Option<Queued<K>> {
+        if request.home().is_none() {
+            let pending = self.pending.get(&request)?;
+            return Some(Queued { owner: pending.owner.clone(), mode: pending.mode, keys: pending.keys.clone() });
         }
-        out
+        let key = key?;
+        let entry = self.key_state(shards, key)?.queue.iter().find(|e| e.request == request)?;
+        Some(Queued { owner: entry.owner.clone(), mode: entry.mode, keys: SmallVec::from_buf([key.clone()]) })
     }
 
     /// A path `from -> ... -> t` in the wait-for graph ending at the first owner `t` of
@@ -1292,11 +1265,11 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
 
     fn blockers_of(&self, shards: &mut dyn Shards<K>, owner: &OwnerId) -> Vec<OwnerId> {
         let mut out = Vec::new();
-        for (request, mode, keys) in self.waits_with_keys(shards, owner) {
-            for key in &keys {
+        for (request, queued) in self.waits_with_keys(shards, owner) {
+            for key in &queued.keys {
                 let ks = self.key_state(shards, key).expect("BUG: queued on an absent key");
                 let pos = ks.queue.iter().position(|e| e.request == request).expect("BUG: not in its queue");
-                ks.blockers(owner, mode, pos, &mut out);
+                ks.blockers(owner, queued.mode, pos, &mut out);
             }
         }
         out

@@ -51,6 +51,14 @@ pub trait Shards<K> {
     fn count(&self) -> usize;
     /// Shard `index` (less than [`Shards::count`]).
     fn get(&mut self, index: usize) -> &mut Shard<K>;
+
+    /// Asks for every shard at once, for a step that must read all of them as of one
+    /// moment (a caller locking shards on first request locks them all here).
+    fn take_all(&mut self) {
+        for i in 0..self.count() {
+            self.get(i);
+        }
+    }
 }
 
 impl<K> Shards<K> for Vec<Shard<K>> {
@@ -308,27 +316,55 @@ pub struct Shard<K> {
     pub(crate) keys: Map<K, KeyState>,
     pub(crate) books: Books<K>,
     pub(crate) local: LocalWaits<K>,
-    /// The last fencing token handed out by this shard. Every key lives in exactly one
-    /// shard, so one increasing counter per shard makes tokens strictly increase per key
-    /// without remembering anything about keys that are free.
-    last_token: u64,
     pub(crate) config: Arc<Config<K>>,
     /// The table's per-namespace bound, shared with the coordinator and the other shards.
     pub(crate) budget: Option<KeyBudget<K>>,
 }
 
 /// A shard's records of its holds beside the keys' own state: who holds what, which session
-/// holds what, and the timers. Apart from the keys so that a key's state and the records can
-/// be changed together after one lookup.
+/// holds what, the timers and the fencing counter. Apart from the keys so that a key's
+/// state and the records can be changed together after one lookup.
 #[derive(Debug)]
 pub(crate) struct Books<K> {
     pub owners: Index<OwnerId, [(K, Mode); 2]>,
     pub sessions: Index<SessionId, [SessionHold<K>; 2]>,
     pub timers: BTreeMap<(Instant, u64), Timer<K>>,
     next_timer: u64,
+    /// The last fencing token handed out by this shard. Every key lives in exactly one
+    /// shard, so one increasing counter per shard makes tokens strictly increase per key
+    /// without remembering anything about keys that are free.
+    last_token: u64,
 }
 
 impl<K: Hash + Eq + Clone> Books<K> {
+    /// Starts `hold`, a new hold of `key` (count 1; its token and expiry are set here): the
+    /// shard's next fencing token, an expiry timer when it `expires_at`, its owner and
+    /// session entries, and its event.
+    fn open(
+        &mut self,
+        key: &K,
+        mut hold: Hold,
+        expires_at: Option<Instant>,
+        config: &Config<K>,
+        fx: &mut Effects<K>,
+    ) -> Hold {
+        self.last_token += 1;
+        hold.token = self.last_token;
+        hold.expiry = expires_at.map(|at| {
+            let timer = Timer::Expiry { key: key.clone(), owner: hold.owner.clone(), mode: hold.mode };
+            (at, self.add_timer(at, timer, fx))
+        });
+        self.enter(key, &hold);
+        record(config, fx, EventKind::Acquired, key, &hold.owner, hold.mode, 1, hold.token);
+        hold
+    }
+
+    /// Ends `hold` of `key`: forgets it and records its event (`Released` or `Expired`).
+    fn close(&mut self, key: &K, hold: &Hold, kind: EventKind, config: &Config<K>, fx: &mut Effects<K>) {
+        self.leave(key, hold);
+        record(config, fx, kind, key, &hold.owner, hold.mode, 0, hold.token);
+    }
+
     /// Records a hold that starts: under its owner and its session.
     fn enter(&mut self, key: &K, hold: &Hold) {
         self.owners.push(&hold.owner, (key.clone(), hold.mode));
@@ -458,21 +494,21 @@ impl<K: Hash + Eq + Clone> Shard<K> {
                 sessions: Index::default(),
                 timers: BTreeMap::new(),
                 next_timer: 0,
+                last_token: 0,
             },
             local: LocalWaits { by_owner: Index::default(), ends: BTreeMap::new(), count: local_waits },
-            last_token: 0,
             config,
         }
     }
 
     /// The highest fencing token this shard has handed out.
     pub fn fencing_high_water(&self) -> u64 {
-        self.last_token
+        self.books.last_token
     }
 
     /// Makes every later token of this shard greater than `floor` (after a restart).
     pub fn raise_fencing_floor(&mut self, floor: u64) {
-        self.last_token = self.last_token.max(floor);
+        self.books.last_token = self.books.last_token.max(floor);
     }
 
     /// The earliest deadline of this shard: a hold's expiry, a lock-delay's end, or a
@@ -594,34 +630,27 @@ impl<K: Hash + Eq + Clone> Shard<K> {
     /// in this shard: what ending the hold and then granting the waiter do elsewhere, in one
     /// visit of the key's state (the hot key's hand-off). Answers the waiter's wake.
     fn hand_over(&mut self, key: &K, now: impl FnOnce() -> Instant, fx: &mut Effects<K>) -> Wake<K> {
-        let Shard { keys, books, local, last_token, config, .. } = self;
+        let Shard { keys, books, local, config, .. } = self;
         let ks = keys.get_mut(key).expect("BUG: hands_off checked the key");
         debug_assert!(ks.holds.len() == 1 && ks.delay.is_none(), "BUG: handing over a key that is not free to take");
         let entry = ks.queue.pop_front().expect("BUG: hands_off checked the queue");
         local.leave(&entry);
         let wait = entry.local.expect("BUG: hands_off checked that the head lives here");
-        *last_token += 1;
+        let old = ks.holds.pop().expect("BUG: hands_off checked the hold");
+        books.close(key, &old, EventKind::Released, config, fx);
         let expires_at = wait.ttl.map(|ttl| now() + ttl);
-        let expiry = expires_at.map(|at| {
-            let timer = Timer::Expiry { key: key.clone(), owner: entry.owner.clone(), mode: entry.mode };
-            (at, books.add_timer(at, timer, fx))
-        });
         let new = Hold {
             owner: entry.owner,
             mode: entry.mode,
             count: 1,
-            token: *last_token,
+            token: 0,
             session: None,
-            expiry,
+            expiry: None,
             request_ids: Vec::new(),
             lock_delay: wait.lock_delay,
         };
-        let old = std::mem::replace(&mut ks.holds[0], new);
-        books.leave(key, &old);
-        record(config, fx, EventKind::Released, key, &old.owner, old.mode, 0, old.token);
+        ks.holds.push(books.open(key, new, expires_at, config, fx));
         let hold = &ks.holds[0];
-        books.enter(key, hold);
-        record(config, fx, EventKind::Acquired, key, &hold.owner, hold.mode, 1, hold.token);
         let granted = Granted { key: key.clone(), count: 1, fencing_token: hold.token, expires_at };
         let grant = Grant {
             owner: hold.owner.clone(),
@@ -678,7 +707,7 @@ impl<K: Hash + Eq + Clone> Shard<K> {
     /// two), or starts a new hold with the next fencing token.
     pub(crate) fn grant(&mut self, key: &K, spec: &GrantSpec<'_>, now: Instant, fx: &mut Effects<K>) -> Granted<K> {
         let expires_at = spec.ttl.map(|ttl| now + ttl);
-        let Shard { keys, books, last_token, config, .. } = self;
+        let Shard { keys, books, config, .. } = self;
         let ks = keys.entry(key.clone()).or_default();
         if let Some(idx) = ks.hold_index(spec.owner, spec.mode) {
             let hold = &mut ks.holds[idx];
@@ -701,23 +730,17 @@ impl<K: Hash + Eq + Clone> Shard<K> {
             record(config, fx, EventKind::Acquired, key, spec.owner, spec.mode, hold.count, hold.token);
             return Granted { key: key.clone(), count: hold.count, fencing_token: hold.token, expires_at };
         }
-        *last_token += 1;
-        let expiry = expires_at.map(|at| {
-            let timer = Timer::Expiry { key: key.clone(), owner: spec.owner.clone(), mode: spec.mode };
-            (at, books.add_timer(at, timer, fx))
-        });
         let hold = Hold {
             owner: spec.owner.clone(),
             mode: spec.mode,
             count: 1,
-            token: *last_token,
+            token: 0,
             session: spec.session,
-            expiry,
+            expiry: None,
             request_ids: spec.request_id.into_iter().cloned().collect(),
             lock_delay: spec.lock_delay,
         };
-        books.enter(key, &hold);
-        record(config, fx, EventKind::Acquired, key, spec.owner, spec.mode, 1, hold.token);
+        let hold = books.open(key, hold, expires_at, config, fx);
         let granted = Granted { key: key.clone(), count: 1, fencing_token: hold.token, expires_at };
         ks.holds.push(hold);
         granted
@@ -737,7 +760,7 @@ impl<K: Hash + Eq + Clone> Shard<K> {
                 return false;
             }
         }
-        self.last_token = self.last_token.max(hold.fencing_token);
+        self.books.last_token = self.books.last_token.max(hold.fencing_token);
         let timer = hold.expires_at.map(|at| {
             let timer = Timer::Expiry { key: key.clone(), owner: hold.owner.clone(), mode: hold.mode };
             (at, self.books.add_timer(at, timer, fx))
@@ -783,12 +806,11 @@ impl<K: Hash + Eq + Clone> Shard<K> {
     ) -> Hold {
         let ks = self.keys.get_mut(key).expect("BUG: ending a hold of an absent key");
         let hold = ks.holds.swap_remove(idx);
-        self.books.leave(key, &hold);
         let kind = match lost {
             Some((LostReason::Expired, _)) => EventKind::Expired,
             _ => EventKind::Released,
         };
-        record(&self.config, fx, kind, key, &hold.owner, hold.mode, 0, hold.token);
+        self.books.close(key, &hold, kind, &self.config, fx);
         if let Some((reason, now)) = lost {
             fx.lost.push(Lost {
                 key: key.clone(),

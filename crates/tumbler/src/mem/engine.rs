@@ -220,11 +220,7 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
             let answer = slot.shard.try_release(key, owner, mode, token, || self.now(), &mut fx);
             // The shard may have handed the key to a request living in it, whose waiters
             // are filed with it.
-            let wakes: Wakes<K> = fx
-                .wakes
-                .drain(..)
-                .filter_map(|wake| slot.waiters.remove(&wake.request).map(|txs| (txs, wake.outcome)))
-                .collect();
+            let wakes = take_waiters(&mut fx, |request| slot.waiters.remove(&request));
             self.publish(&mut fx);
             answer.map(|answer| (answer, wakes))
         };
@@ -421,14 +417,7 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
         let mut central = self.inner.central.lock();
         let mut shards = LockedShards { shards: &self.inner.shards, guards: SmallVec::new() };
         let answer = op(&mut central, &mut shards, fx);
-        let wakes = fx
-            .wakes
-            .drain(..)
-            .filter_map(|wake| {
-                let txs = waiters_of(&mut central, &mut shards, wake.request).remove(&wake.request)?;
-                Some((txs, wake.outcome))
-            })
-            .collect();
+        let wakes = take_waiters(fx, |request| waiters_of(&mut central, &mut shards, request).remove(&request));
         self.publish(fx);
         (answer, wakes)
     }
@@ -585,6 +574,11 @@ impl<K> Shards<K> for LockedShards<'_, K> {
     fn get(&mut self, index: usize) -> &mut Shard<K> {
         &mut self.slot(index).shard
     }
+}
+
+/// Pairs each outcome in `fx` with the waiters `take` finds (and takes) for its request.
+fn take_waiters<K>(fx: &mut Effects<K>, mut take: impl FnMut(RequestId) -> Option<WakeSenders<K>>) -> Wakes<K> {
+    fx.wakes.drain(..).filter_map(|wake| Some((take(wake.request)?, wake.outcome))).collect()
 }
 
 /// Where the waiters of `request` are filed: with its shard when it lives in one, else
