@@ -116,6 +116,7 @@ macro_rules! conformance_tests {
             two_holders_waiting_on_each_other_get_deadlock,
             two_owners_upgrading_against_each_other_get_deadlock,
             ttl_expiry_wakes_the_next_waiter,
+            a_waiter_granted_on_release_counts_its_ttl_from_the_grant,
             reentry_extends_ttl_to_the_later_expiry,
             zero_ttl_is_invalid_argument,
             fencing_tokens_increase,

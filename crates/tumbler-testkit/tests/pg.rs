@@ -13,6 +13,7 @@ fn pg_skips_exactly_what_postgresql_cannot_offer() {
     skipped.sort_unstable();
     // TTLs, fencing tokens, semaphores, retry ids and lock-delay: nothing else.
     let mut expected = vec![
+        "a_waiter_granted_on_release_counts_its_ttl_from_the_grant",
         "fencing_tokens_increase",
         "invalid_arguments_are_rejected_and_change_nothing",
         "lock_delay_after_owner_death",

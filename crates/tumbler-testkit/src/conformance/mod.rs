@@ -55,7 +55,8 @@ pub use owners::{
 };
 pub use retries::{request_id_retry_does_not_count_twice, request_id_retry_joins_the_original_wait};
 pub use ttl::{
-    reentry_extends_ttl_to_the_later_expiry, ttl_expiry_wakes_the_next_waiter, zero_ttl_is_invalid_argument,
+    a_waiter_granted_on_release_counts_its_ttl_from_the_grant, reentry_extends_ttl_to_the_later_expiry,
+    ttl_expiry_wakes_the_next_waiter, zero_ttl_is_invalid_argument,
 };
 
 /// A capability a case may need, as declared in [`Capabilities`].
@@ -148,6 +149,7 @@ pub const CASES: &[Case] = &[
     case("two_holders_waiting_on_each_other_get_deadlock", &[DeadlockDetection]),
     case("two_owners_upgrading_against_each_other_get_deadlock", &[DeadlockDetection]),
     case("ttl_expiry_wakes_the_next_waiter", &[Ttl]),
+    case("a_waiter_granted_on_release_counts_its_ttl_from_the_grant", &[Ttl]),
     case("reentry_extends_ttl_to_the_later_expiry", &[Ttl]),
     case("zero_ttl_is_invalid_argument", &[Ttl]),
     case("fencing_tokens_increase", &[FencingTokens]),
@@ -274,6 +276,7 @@ mod tests {
             skips_for(&caps),
             [
                 "ttl_expiry_wakes_the_next_waiter",
+                "a_waiter_granted_on_release_counts_its_ttl_from_the_grant",
                 "reentry_extends_ttl_to_the_later_expiry",
                 "zero_ttl_is_invalid_argument"
             ]

@@ -60,6 +60,42 @@ pub async fn ttl_expiry_wakes_the_next_waiter<B: Backend>(backend: &B) {
     assert_free(&*c, &k, "the key once b released").await;
 }
 
+/// A waiter that asked for a TTL and is granted when the holder releases gets a hold that
+/// lives for that TTL counted from the grant, not from its request: it is held right after
+/// a wait longer than its TTL, and expires (its `lost()` fires with `expired`) a TTL after
+/// the grant, freeing the key.
+pub async fn a_waiter_granted_on_release_counts_its_ttl_from_the_grant<B: Backend>(backend: &B) {
+    const CASE: &str = "a_waiter_granted_on_release_counts_its_ttl_from_the_grant";
+    if skipped(backend, CASE) {
+        return;
+    }
+    let keys = Keys::new(backend, CASE);
+    let k = keys.key("k");
+    let (a, b, c) = (owner(backend).await, owner(backend).await, owner(backend).await);
+
+    let holding = acquire(&*a, &k, AcquireOptions::exclusive(), "a's acquire").await;
+    let waiter = {
+        let (b, k) = (b.clone(), k.clone());
+        tokio::spawn(
+            async move { b.acquire(k, AcquireOptions::exclusive().ttl(TTL).timeout(Duration::from_secs(5))).await },
+        )
+    };
+    assert_waiting(backend, &waiter, "b's wait with a TTL").await;
+    // Longer than b's TTL, so that a TTL counted from b's request would be over.
+    tokio::time::sleep(TTL).await;
+    let released = Instant::now();
+    release(holding, "a's release").await;
+    let granted = ok("b's wait", join(waiter, "b's wait for a's release").await);
+    assert_held(&granted, "b's hold right after the grant, after a wait longer than its TTL").await;
+    assert_busy(&*c, &k, AcquireOptions::exclusive(), "c's try while b holds").await;
+
+    let reason = within("b's lost() after its TTL", granted.lost()).await;
+    assert_eq!(reason, LostReason::Expired, "the reason b's hold was lost");
+    let lived = released.elapsed();
+    assert!(lived + SLACK >= TTL, "b's hold expired {lived:?} after a's release, before its TTL of {TTL:?}");
+    assert_free(&*c, &k, "the key once b's hold expired").await;
+}
+
 /// Re-entry extends a TTL hold's expiry to the later of the two: a longer TTL keeps the
 /// hold past the first expiry, a shorter one does not cut it short.
 pub async fn reentry_extends_ttl_to_the_later_expiry<B: Backend>(backend: &B) {
