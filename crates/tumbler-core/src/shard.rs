@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::effects::{Effects, Lost, LostReason, Wake};
 use crate::error::{Error, Holder, Result};
 use crate::event::{Event, EventKind};
+use crate::handoff::{HandOff, Released};
 use crate::hash::Map;
 use crate::index::Index;
 use crate::mode::Mode;
@@ -130,6 +131,33 @@ impl KeyState {
 
     pub fn hold_index(&self, owner: &OwnerId, mode: Mode) -> Option<usize> {
         self.holds.iter().position(|h| h.owner.same(owner) && h.mode.same_kind(mode))
+    }
+
+    /// The index of the hold `owner` has in `mode` (or of its only hold when `mode` is
+    /// `None`), checking the fencing token when one is given.
+    pub fn find_hold(&self, owner: &OwnerId, mode: Option<Mode>, token: Option<u64>) -> Result<usize> {
+        if self.holds.is_empty() {
+            return Err(Error::NotHeld);
+        }
+        let idx = match mode {
+            Some(mode) => self.hold_index(owner, mode),
+            None => {
+                let mut own = self.holds.iter().enumerate().filter(|(_, h)| h.owner.same(owner));
+                match (own.next(), own.next()) {
+                    (Some((i, _)), None) => Some(i),
+                    (Some(_), Some(_)) => {
+                        return Err(Error::invalid("mode", "the owner holds this key in several modes; name one"))
+                    }
+                    (None, _) => None,
+                }
+            }
+        };
+        let idx = idx.ok_or(Error::NotOwner)?;
+        if token.is_some_and(|t| self.holds[idx].token != t) {
+            // A guard from an earlier hold of the same owner: that hold is gone.
+            return Err(Error::NotHeld);
+        }
+        Ok(idx)
     }
 
     pub fn holders(&self) -> Vec<Holder> {
@@ -585,11 +613,12 @@ impl<K: Hash + Eq + Clone> Shard<K> {
     }
 
     /// Releases one level of a hold without a session, when this shard can decide alone
-    /// what follows. Returns the count left. That is the case when the level is not the
-    /// last, or nobody waits on the key, or the key passes from its only holder to the first
-    /// waiter, a request living in this shard ([`RequestId::home`]), and to nobody else (the
-    /// conditions are in `hands_off`). The grant is then in `fx.wakes`, exactly as the
-    /// coordinator would have made it. Otherwise answers [`Escalate`] and changes nothing.
+    /// what follows. That is the case when the level is not the last, or nobody waits on the
+    /// key, or the key passes from its only holder to the first waiter, a request living in
+    /// this shard ([`RequestId::home`]), and to nobody else (the conditions are in
+    /// `hands_off`). The waiter is then granted exactly as the coordinator would have
+    /// granted it, and [`Released::handed`] names it: its wake is left to the caller, and
+    /// is not in `fx`. Otherwise answers [`Escalate`] and changes nothing.
     ///
     /// `now` is called only when the release needs the time, to start a hold with a TTL
     /// for the waiter it hands the key to: most releases read no clock.
@@ -601,12 +630,13 @@ impl<K: Hash + Eq + Clone> Shard<K> {
         token: Option<u64>,
         now: impl FnOnce() -> Instant,
         fx: &mut Effects<K>,
-    ) -> Result<Result<u32>, Escalate> {
-        let idx = match self.find_hold(key, owner, mode, token) {
-            Ok(idx) => idx,
+    ) -> Result<Result<Released>, Escalate> {
+        let Shard { keys, books, local, config, .. } = self;
+        let found = keys.get_mut(key).ok_or(Error::NotHeld).and_then(|ks| Ok((ks.find_hold(owner, mode, token)?, ks)));
+        let (idx, ks) = match found {
+            Ok(found) => found,
             Err(e) => return Ok(Err(e)),
         };
-        let ks = &self.keys[key];
         let hold = &ks.holds[idx];
         if hold.session.is_some() {
             return Err(Escalate);
@@ -616,50 +646,22 @@ impl<K: Hash + Eq + Clone> Shard<K> {
             if left == 0 {
                 self.drop_if_idle(key);
             }
-            return Ok(Ok(left));
+            return Ok(Ok(Released { left, handed: None }));
         }
         if !hands_off(ks) {
             return Err(Escalate);
         }
-        let wake = self.hand_over(key, now, fx);
-        fx.wakes.push(wake);
-        Ok(Ok(0))
+        let handed = hand_over(key, ks, books, local, config, now, fx);
+        Ok(Ok(Released { left: 0, handed: Some(handed) }))
     }
 
-    /// Ends the only hold of `key` and gives the key to its first waiter, a request living
-    /// in this shard: what ending the hold and then granting the waiter do elsewhere, in one
-    /// visit of the key's state (the hot key's hand-off). Answers the waiter's wake.
-    fn hand_over(&mut self, key: &K, now: impl FnOnce() -> Instant, fx: &mut Effects<K>) -> Wake<K> {
-        let Shard { keys, books, local, config, .. } = self;
-        let ks = keys.get_mut(key).expect("BUG: hands_off checked the key");
-        debug_assert!(ks.holds.len() == 1 && ks.delay.is_none(), "BUG: handing over a key that is not free to take");
-        let entry = ks.queue.pop_front().expect("BUG: hands_off checked the queue");
-        local.leave(&entry);
-        let wait = entry.local.expect("BUG: hands_off checked that the head lives here");
-        let old = ks.holds.pop().expect("BUG: hands_off checked the hold");
-        books.close(key, &old, EventKind::Released, config, fx);
-        let expires_at = wait.ttl.map(|ttl| now() + ttl);
-        let new = Hold {
-            owner: entry.owner,
-            mode: entry.mode,
-            count: 1,
-            token: 0,
-            session: None,
-            expiry: None,
-            request_ids: Vec::new(),
-            lock_delay: wait.lock_delay,
-        };
-        ks.holds.push(books.open(key, new, expires_at, config, fx));
-        let hold = &ks.holds[0];
-        let granted = Granted { key: key.clone(), count: 1, fencing_token: hold.token, expires_at };
-        let grant = Grant {
-            owner: hold.owner.clone(),
-            mode: hold.mode,
-            session: None,
-            holds: SmallVec::from_buf([granted]),
-            retried: false,
-        };
-        Wake { request: entry.request, outcome: Ok(grant) }
+    /// The wake of a waiter that [`Shard::try_release`] handed `key` to, with the grant the
+    /// coordinator would have made: for a caller that delivers outcomes as [`Wake`]s, or
+    /// that must release the hold of a waiter that has gone. `None` when that hold has
+    /// ended since.
+    pub fn wake_of(&self, key: &K, handed: HandOff) -> Option<Wake<K>> {
+        let hold = self.keys.get(key)?.holds.iter().find(|h| h.token == handed.fencing_token)?;
+        Some(Wake { request: handed.request, outcome: Ok(handed.grant(key.clone(), hold.owner.clone(), hold.mode)) })
     }
 
     /// Removes request `request`, living in this shard, from the queue of `key` (found
@@ -680,26 +682,7 @@ impl<K: Hash + Eq + Clone> Shard<K> {
     /// Finds the hold `owner` has on `key` in `mode` (or its only hold when `mode` is
     /// `None`), checking the fencing token when one is given.
     pub(crate) fn find_hold(&self, key: &K, owner: &OwnerId, mode: Option<Mode>, token: Option<u64>) -> Result<usize> {
-        let ks = self.keys.get(key).filter(|ks| !ks.holds.is_empty()).ok_or(Error::NotHeld)?;
-        let idx = match mode {
-            Some(mode) => ks.hold_index(owner, mode),
-            None => {
-                let mut own = ks.holds.iter().enumerate().filter(|(_, h)| h.owner.same(owner));
-                match (own.next(), own.next()) {
-                    (Some((i, _)), None) => Some(i),
-                    (Some(_), Some(_)) => {
-                        return Err(Error::invalid("mode", "the owner holds this key in several modes; name one"))
-                    }
-                    (None, _) => None,
-                }
-            }
-        };
-        let idx = idx.ok_or(Error::NotOwner)?;
-        if token.is_some_and(|t| ks.holds[idx].token != t) {
-            // A guard from an earlier hold of the same owner: that hold is gone.
-            return Err(Error::NotHeld);
-        }
-        Ok(idx)
+        self.keys.get(key).ok_or(Error::NotHeld)?.find_hold(owner, mode, token)
     }
 
     /// Grants one level of `key` as described by `spec`: re-enters the owner's hold in that
@@ -858,6 +841,41 @@ impl<K: Hash + Eq + Clone> Shard<K> {
         }
         false
     }
+}
+
+/// Ends the only hold of `key` (whose state is `ks`) and gives the key to its first waiter,
+/// a request living in this shard: what ending the hold and then granting the waiter do
+/// elsewhere, in one visit of the key's state (the hot key's hand-off).
+fn hand_over<K: Hash + Eq + Clone>(
+    key: &K,
+    ks: &mut KeyState,
+    books: &mut Books<K>,
+    local: &mut LocalWaits<K>,
+    config: &Config<K>,
+    now: impl FnOnce() -> Instant,
+    fx: &mut Effects<K>,
+) -> HandOff {
+    debug_assert!(ks.holds.len() == 1 && ks.delay.is_none(), "BUG: handing over a key that is not free to take");
+    let entry = ks.queue.pop_front().expect("BUG: hands_off checked the queue");
+    local.leave(&entry);
+    let wait = entry.local.expect("BUG: hands_off checked that the head lives here");
+    let old = ks.holds.pop().expect("BUG: hands_off checked the hold");
+    books.close(key, &old, EventKind::Released, config, fx);
+    let expires_at = wait.ttl.map(|ttl| now() + ttl);
+    let new = Hold {
+        owner: entry.owner,
+        mode: entry.mode,
+        count: 1,
+        token: 0,
+        session: None,
+        expiry: None,
+        request_ids: Vec::new(),
+        lock_delay: wait.lock_delay,
+    };
+    let new = books.open(key, new, expires_at, config, fx);
+    let handed = HandOff { request: entry.request, fencing_token: new.token, expires_at };
+    ks.holds.push(new);
+    handed
 }
 
 /// Whether ending the last level of the only hold of a key hands it to the first waiter and

@@ -82,8 +82,12 @@ impl<K: Hash + Eq + Clone> LockTable<K> {
         fx: &mut Effects<K>,
     ) -> Result<u32> {
         let shard = self.coordinator.layout().shard_of(key);
-        if let Ok(answer) = self.shards[shard].try_release(key, owner, mode, token, || now, fx) {
-            return answer;
+        let shard = &mut self.shards[shard];
+        if let Ok(answer) = shard.try_release(key, owner, mode, token, || now, fx) {
+            return answer.map(|released| {
+                fx.wakes.extend(released.handed.and_then(|handed| shard.wake_of(key, handed)));
+                released.left
+            });
         }
         self.with_all(|c, s| c.release(s, key, owner, mode, token, now, fx))
     }

@@ -1534,9 +1534,14 @@ fn a_shard_hands_its_key_to_a_plain_waiter_alone_and_escalates_the_rest() {
     assert_eq!(c.waiting(), 1);
     assert_eq!(c.next_deadline(&mut shards), Some(at(50)));
     fx.clear();
-    let left = shards[home].try_release(&key, &owner("a"), None, None, || at(1), &mut fx);
-    assert_eq!(left, Ok(Ok(0)));
-    let [wake] = fx.wakes.as_slice() else { panic!("one waiter is woken: {:?}", fx.wakes) };
+    let released = shards[home].try_release(&key, &owner("a"), None, None, || at(1), &mut fx);
+    let released = released.expect("the shard decides alone").expect("a holds the key");
+    assert_eq!(released.left, 0);
+    let handed = released.handed.expect("the key is handed to the waiter");
+    assert!(fx.wakes.is_empty(), "the caller tells the waiter it was handed: {:?}", fx.wakes);
+    assert_eq!(handed.request, request);
+    assert_eq!(handed.expires_at, None);
+    let wake = shards[home].wake_of(&key, handed).expect("b holds the key");
     assert_eq!(wake.request, request);
     let grant = wake.outcome.as_ref().expect("the waiter is granted");
     assert_eq!(grant.owner, owner("b"));

@@ -25,8 +25,8 @@ use parking_lot::{Mutex, MutexGuard};
 use smallvec::SmallVec;
 use tokio::sync::{broadcast, oneshot, Notify};
 use tumbler_core::{
-    Acquire, Acquired, Config, Coordinator, Effects, Event, EventLog, Grant, Granted, Instant, KeyStatus, Layout, Mode,
-    OwnerId, RequestId, RestoredHold, SessionId, SessionInfo, Shard, Shards, TooOld,
+    Acquire, Acquired, Config, Coordinator, Effects, Event, EventLog, Grant, Granted, HandOff, Instant, KeyStatus,
+    Layout, Mode, OwnerId, RequestId, RestoredHold, SessionId, SessionInfo, Shard, Shards, TooOld, Wake,
 };
 
 use crate::lost::{HoldId, OwnerSignals};
@@ -35,7 +35,14 @@ type CoreResult<T> = tumbler_core::Result<T>;
 /// The engine's maps are looked up on every hand-off: foldhash, as in the core's tables,
 /// instead of std's slower SipHash.
 type Map<K, V> = HashMap<K, V, foldhash::quality::RandomState>;
-type WakeSender<K> = oneshot::Sender<CoreResult<Grant<K>>>;
+/// What a waiter is told: the outcome of its request, or, for a request living in its
+/// shard, that the key was handed to it (the waiter makes the grant from what it asked).
+#[derive(Clone)]
+enum Delivery<K> {
+    Outcome(CoreResult<Grant<K>>),
+    Handed(HandOff),
+}
+type WakeSender<K> = oneshot::Sender<Delivery<K>>;
 /// The waiters of one queued request: the one that queued it, and any retry (same
 /// request id) that joined its wait.
 type WakeSenders<K> = SmallVec<[WakeSender<K>; 1]>;
@@ -192,6 +199,10 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
                 });
             }
         }
+        // A wait that may live in its shard is told only its fencing token when the key is
+        // handed to it, and makes its grant from what it asked.
+        let asked = (req.keys.len() == 1 && req.session.is_none() && req.request_id.is_none())
+            .then(|| (req.keys[0].clone(), req.owner.clone(), req.mode));
         let (tx, rx) = oneshot::channel();
         let (answer, wakes) = self.with_all(&mut fx, |central, shards, fx| {
             let answer = central.coordinator.acquire(shards, req, now, fx);
@@ -204,7 +215,10 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
         self.settle(fx, wakes);
         match answer? {
             Acquired::Granted(grant) => Ok(grant),
-            Acquired::Waiting { request, .. } => WaitFor { engine: self, request, rx, done: false }.await,
+            Acquired::Waiting { request, .. } => {
+                let asked = asked.filter(|_| request.home().is_some());
+                WaitFor { engine: self, request, asked, rx, done: false }.await
+            }
         }
     }
 
@@ -218,18 +232,41 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
         let fast = {
             let mut slot = self.inner.shards[shard].0.lock();
             let answer = slot.shard.try_release(key, owner, mode, token, || self.now(), &mut fx);
-            // The shard may have handed the key to a request living in it, whose waiters
-            // are filed with it.
-            let wakes = take_waiters(&mut fx, |request| slot.waiters.remove(&request));
+            debug_assert!(fx.wakes.is_empty(), "BUG: a shard's release wakes only whom it hands the key to");
+            // The shard may have handed the key to a request living in it, whose waiter is
+            // filed with it.
+            let handed = match &answer {
+                Ok(Ok(released)) => released.handed.and_then(|h| Some((slot.waiters.remove(&h.request)?, h))),
+                _ => None,
+            };
             self.publish(&mut fx);
-            answer.map(|answer| (answer, wakes))
+            answer.map(|answer| (answer, handed))
         };
-        if let Ok((answer, wakes)) = fast {
-            self.settle(fx, wakes);
-            return answer;
+        if let Ok((answer, handed)) = fast {
+            if let Some((txs, handed)) = handed {
+                self.hand(key, txs, handed);
+            }
+            self.settle(fx, Vec::new());
+            return answer.map(|released| released.left);
         }
         let now = self.now();
         self.full(|c, s, fx| c.release(s, key, owner, mode, token, now, fx))
+    }
+
+    /// Tells the waiter of a request that `key` was handed to it. When the waiter has gone,
+    /// hands the key on: its hold, found by its token, is released.
+    fn hand(&self, key: &K, txs: WakeSenders<K>, handed: HandOff) {
+        debug_assert!(txs.len() == 1, "BUG: a request living in its shard has no retries to join it");
+        let mut delivered = false;
+        for tx in txs {
+            delivered |= tx.send(Delivery::Handed(handed)).is_ok();
+        }
+        if !delivered {
+            let wake = self.inner.shards[self.inner.layout.shard_of(key)].0.lock().shard.wake_of(key, handed);
+            if let Some(Wake { outcome: Ok(grant), .. }) = wake {
+                self.release_grant(&grant);
+            }
+        }
     }
 
     /// Releases one level of every key of `grant`, ignoring holds that are already gone.
@@ -524,7 +561,10 @@ pub struct EngineStats {
 /// left to take it, for the caller to release.
 fn deliver<K: Clone>(mut txs: WakeSenders<K>, outcome: CoreResult<Grant<K>>) -> Option<Grant<K>> {
     if txs.len() == 1 {
-        return txs.pop().and_then(|tx| tx.send(outcome).err()).and_then(Result::ok);
+        return match txs.pop()?.send(Delivery::Outcome(outcome)) {
+            Err(Delivery::Outcome(Ok(grant))) => Some(grant),
+            _ => None,
+        };
     }
     let mut delivered = false;
     for tx in txs {
@@ -533,7 +573,7 @@ fn deliver<K: Clone>(mut txs: WakeSenders<K>, outcome: CoreResult<Grant<K>>) -> 
             // Waiters after the first to take the grant are retries: it counted once.
             grant.retried = true;
         }
-        delivered |= tx.send(copy).is_ok();
+        delivered |= tx.send(Delivery::Outcome(copy)).is_ok();
     }
     if delivered {
         None
@@ -625,8 +665,27 @@ async fn drive_timer<K: Hash + Eq + Clone + Send + Sync + 'static>(engine: Weak<
 struct WaitFor<'e, K: Hash + Eq + Clone + Send + Sync + 'static> {
     engine: &'e Engine<K>,
     request: RequestId,
-    rx: oneshot::Receiver<CoreResult<Grant<K>>>,
+    /// For a request living in its shard: its key, owner and mode, from which it makes its
+    /// grant when the key is handed to it.
+    asked: Option<(K, OwnerId, Mode)>,
+    rx: oneshot::Receiver<Delivery<K>>,
     done: bool,
+}
+
+// Nothing of a wait is pinned in place: the key it keeps is only moved into its grant.
+impl<K: Hash + Eq + Clone + Send + Sync + 'static> Unpin for WaitFor<'_, K> {}
+
+impl<K: Hash + Eq + Clone + Send + Sync + 'static> WaitFor<'_, K> {
+    /// The outcome `delivery` brings this request.
+    fn outcome(&mut self, delivery: Delivery<K>) -> CoreResult<Grant<K>> {
+        match delivery {
+            Delivery::Outcome(outcome) => outcome,
+            Delivery::Handed(handed) => {
+                let (key, owner, mode) = self.asked.take().expect("BUG: a key handed to a request that asked for none");
+                Ok(handed.grant(key, owner, mode))
+            }
+        }
+    }
 }
 
 impl<K: Hash + Eq + Clone + Send + Sync + 'static> std::future::Future for WaitFor<'_, K> {
@@ -634,11 +693,12 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> std::future::Future for WaitF
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match Pin::new(&mut self.rx).poll(cx) {
-            Poll::Ready(outcome) => {
+            Poll::Ready(delivery) => {
                 self.done = true;
-                Poll::Ready(outcome.unwrap_or_else(|_| {
-                    Err(tumbler_core::Error::Internal("the lock engine dropped a waiting request".into()))
-                }))
+                Poll::Ready(match delivery {
+                    Ok(delivery) => self.outcome(delivery),
+                    Err(_) => Err(tumbler_core::Error::Internal("the lock engine dropped a waiting request".into())),
+                })
             }
             Poll::Pending => Poll::Pending,
         }
@@ -654,11 +714,70 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Drop for WaitFor<'_, K> {
         // and release it) or fails to send (the engine releases it).
         self.rx.close();
         match self.rx.try_recv() {
-            Ok(Ok(grant)) => self.engine.release_grant(&grant),
-            Ok(Err(_)) => {}
+            Ok(delivery) => {
+                if let Ok(grant) = self.outcome(delivery) {
+                    self.engine.release_grant(&grant);
+                }
+            }
             Err(_) => {
                 self.engine.cancel(self.request);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::task::Context;
+
+    use futures::task::noop_waker;
+    use smallvec::smallvec;
+    use tokio::sync::oneshot;
+    use tumbler_core::{Acquire, Config, Mode, OwnerId, Wait};
+
+    use super::Engine;
+
+    fn exclusive(key: &str, owner: &OwnerId, wait: Wait) -> Acquire<String> {
+        Acquire {
+            keys: smallvec![key.to_owned()],
+            owner: owner.clone(),
+            mode: Mode::Exclusive,
+            wait,
+            ttl: None,
+            session: None,
+            request_id: None,
+            lock_delay: None,
+        }
+    }
+
+    /// The waiter a key is handed to may have gone between its shard's release and its
+    /// delivery: the key must then pass on, not stay held by nobody's guard.
+    #[tokio::test]
+    async fn a_key_handed_to_a_waiter_that_has_gone_passes_on() {
+        let engine = Engine::<String>::new(Config { shards: 4, ..Config::default() });
+        let (a, b, c) = (OwnerId::new("a").unwrap(), OwnerId::new("b").unwrap(), OwnerId::new("c").unwrap());
+        let first = engine.acquire(exclusive("hot", &a, Wait::NoWait)).await.unwrap();
+        let waker = noop_waker();
+        let mut b_waits = Box::pin(engine.acquire(exclusive("hot", &b, Wait::Forever)));
+        assert!(b_waits.as_mut().poll(&mut Context::from_waker(&waker)).is_pending());
+
+        // What a waiter that gives up just as it is granted leaves behind: a sender filed
+        // with the shard whose receiver is closed.
+        let shard = engine.layout().shard_of(&"hot".to_owned());
+        {
+            let mut slot = engine.inner.shards[shard].0.lock();
+            let txs = slot.waiters.values_mut().next().expect("b's wait lives in the key's shard");
+            let (closed, _) = oneshot::channel();
+            txs[0] = closed;
+        }
+        assert_eq!(engine.release(&"hot".to_owned(), &a, None, Some(first.fencing_token())), Ok(0));
+
+        let status = engine.status(&"hot".to_owned());
+        assert!(status.as_ref().is_none_or(|s| s.holders.is_empty()), "b's hold was released: {status:?}");
+        let c_gets = engine.acquire(exclusive("hot", &c, Wait::NoWait)).await.expect("the key is free");
+        assert!(c_gets.fencing_token() > first.fencing_token() + 1, "b was granted a token before it passed on");
+        drop(b_waits);
+        assert!(matches!(engine.status(&"hot".to_owned()), Some(s) if s.holders.len() == 1 && s.waiters == 0));
     }
 }
