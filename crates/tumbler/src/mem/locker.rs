@@ -163,12 +163,13 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> MemLocker<K> {
                 self.shared().signals.add_sibling(self.shared().engine.hold_id(&hold.key, hold.fencing_token));
             }
         }
-        MemGuard {
-            owner: self.shared().clone(),
-            mode: grant.mode,
-            holds: grant.holds.into_iter().map(|h| (h.key, h.fencing_token)).collect(),
-            released: false,
-        }
+        let mut granted = grant.holds;
+        let holds = match granted.len() {
+            // The usual single key, without the general collect.
+            1 => granted.pop().map(|h| SmallVec::from_buf([(h.key, h.fencing_token)])).unwrap_or_default(),
+            _ => granted.into_iter().map(|h| (h.key, h.fencing_token)).collect(),
+        };
+        MemGuard { owner: self.shared().clone(), mode: grant.mode, holds, released: false }
     }
 
     fn request(&self, keys: SmallVec<[K; 1]>, options: AcquireOptions) -> Acquire<K> {
