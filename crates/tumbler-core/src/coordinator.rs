@@ -608,6 +608,20 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
         self.fail_pending(shards, request, None, None, now, fx)
     }
 
+    /// [`Coordinator::cancel`], told the key the request waits on: a request living in its
+    /// shard ([`RequestId::home`]) is then taken from that key's queue without searching
+    /// the shard's other waits. A key the request does not wait on costs only that search.
+    pub fn cancel_on(
+        &mut self,
+        shards: &mut dyn Shards<K>,
+        request: RequestId,
+        key: &K,
+        now: Instant,
+        fx: &mut Effects<K>,
+    ) -> bool {
+        self.fail_pending(shards, request, Some(key), None, now, fx)
+    }
+
     /// Withdraws a queued request (waiting on `key`, when the caller knows where) and
     /// reconsiders the queues it leaves; with an `error`, its waiter is told.
     fn fail_pending(

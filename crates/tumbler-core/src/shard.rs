@@ -664,19 +664,23 @@ impl<K: Hash + Eq + Clone> Shard<K> {
         Some(Wake { request: handed.request, outcome: Ok(handed.grant(key.clone(), hold.owner.clone(), hold.mode)) })
     }
 
-    /// Removes request `request`, living in this shard, from the queue of `key` (found
-    /// through the owner index when `key` is `None`) and from the index; answers the entry.
+    /// Removes request `request`, living in this shard, from the queue of `key` and from
+    /// the index; answers its key and entry. Without `key`, or when the request is not in
+    /// that key's queue, it is looked for among every wait living here.
     pub(crate) fn take_local(&mut self, request: RequestId, key: Option<&K>) -> Option<(K, Entry)> {
-        let key = match key {
-            Some(key) => key.clone(),
-            // Without its key, the request is looked for among every local wait here.
-            None => self.local.by_owner.items().find(|(_, r)| *r == request).map(|(k, _)| k.clone())?,
-        };
-        let ks = self.keys.get_mut(&key)?;
+        if let Some(found) = key.and_then(|key| self.take_local_from(key, request)) {
+            return Some(found);
+        }
+        let key = self.local.by_owner.items().find(|(_, r)| *r == request).map(|(k, _)| k.clone())?;
+        self.take_local_from(&key, request)
+    }
+
+    fn take_local_from(&mut self, key: &K, request: RequestId) -> Option<(K, Entry)> {
+        let ks = self.keys.get_mut(key)?;
         let pos = ks.queue.iter().position(|e| e.request == request && e.local.is_some())?;
         let entry = ks.queue.remove(pos).expect("BUG: position just found");
         self.local.leave(&entry);
-        Some((key, entry))
+        Some((key.clone(), entry))
     }
 
     /// Finds the hold `owner` has on `key` in `mode` (or its only hold when `mode` is

@@ -1587,3 +1587,41 @@ fn a_shard_hands_its_key_to_a_plain_waiter_alone_and_escalates_the_rest() {
         assert!(!fx.wakes.is_empty(), "the coordinator grants what the shard left: {waiters:?}");
     }
 }
+
+/// Cancelling a wait told its key takes it from that key's queue; told a key it does not
+/// wait on, it is still found. Either way it leaves, once, and the queues it leaves are
+/// as if it had never waited.
+#[test]
+fn cancel_on_a_key_withdraws_the_wait_even_when_told_the_wrong_key() {
+    use tumbler_core::{Coordinator, Shard};
+    let c = &mut Coordinator::<String>::new(Config { shards: 8, ..Config::default() });
+    let shards = &mut (0..8).map(|_| c.new_shard()).collect::<Vec<Shard<String>>>();
+    let fx = &mut Effects::new();
+    let mut wait = |c: &mut Coordinator<String>, shards: &mut Vec<Shard<String>>, key: &str, who: &str| match c
+        .acquire(shards, req(key, who, X, Wait::Forever), at(0), fx)
+        .unwrap()
+    {
+        Acquired::Waiting { request, .. } => request,
+        other => panic!("{who} queues on {key}: {other:?}"),
+    };
+    for key in ["hot", "cold"] {
+        c.acquire(shards, req(key, "a", X, Wait::NoWait), at(0), &mut Effects::new()).unwrap();
+    }
+    let b = wait(c, shards, "hot", "b");
+    let c_hot = wait(c, shards, "hot", "c");
+    let d = wait(c, shards, "cold", "d");
+    assert!(b.home().is_some() && c_hot.home().is_some(), "plain waits live in their shards");
+
+    let mut fx = Effects::new();
+    assert!(c.cancel_on(shards, b, &"cold".to_owned(), at(1), &mut fx), "b is found although told the wrong key");
+    assert!(c.cancel_on(shards, c_hot, &"hot".to_owned(), at(1), &mut fx));
+    assert!(!c.cancel_on(shards, c_hot, &"hot".to_owned(), at(1), &mut fx), "a wait leaves once");
+    assert!(fx.wakes.is_empty(), "a cancelled waiter is not woken: {:?}", fx.wakes);
+    assert_eq!(c.status(shards, &"hot".to_owned()).map(|s| s.waiters), Some(0));
+    assert_eq!(c.status(shards, &"cold".to_owned()).map(|s| s.waiters), Some(1), "d still waits");
+    assert_eq!(c.waiting(), 1);
+
+    c.release(shards, &"cold".to_owned(), &owner("a"), Some(X), None, at(2), &mut fx).unwrap();
+    let [wake] = fx.wakes.as_slice() else { panic!("d is woken alone: {:?}", fx.wakes) };
+    assert_eq!(wake.request, d);
+}

@@ -522,7 +522,9 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
         })
     }
 
-    fn cancel(&self, request: RequestId) -> bool {
+    /// Withdraws `request`, which waits on `key` when the caller knows it (see
+    /// [`Coordinator::cancel_on`]).
+    fn cancel(&self, request: RequestId, key: Option<&K>) -> bool {
         let now = self.now();
         let mut fx = Effects::new();
         let (cancelled, wakes) = self.with_all(&mut fx, |central, shards, fx| {
@@ -536,7 +538,10 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
                 }
             }
             waiters.remove(&request);
-            central.coordinator.cancel(shards, request, now, fx)
+            match key {
+                Some(key) => central.coordinator.cancel_on(shards, request, key, now, fx),
+                None => central.coordinator.cancel(shards, request, now, fx),
+            }
         });
         self.settle(fx, wakes);
         cancelled
@@ -720,7 +725,7 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Drop for WaitFor<'_, K> {
                 }
             }
             Err(_) => {
-                self.engine.cancel(self.request);
+                self.engine.cancel(self.request, self.asked.as_ref().map(|(key, _, _)| key));
             }
         }
     }
