@@ -893,10 +893,17 @@ fn hand_over<K: Hash + Eq + Clone>(
 /// hold left and no delay, the fairness rule admits the first waiter, whatever its mode.
 fn hands_off(ks: &KeyState) -> bool {
     let ([hold], Some(head)) = (ks.holds.as_slice(), ks.queue.front()) else { return false };
-    if head.local.is_none() || ks.delay.is_some() || ks.queue.iter().any(|e| e.owner.same(&hold.owner)) {
+    if head.local.is_none() || ks.delay.is_some() {
         return false;
     }
-    ks.queue.len() == 1 || (head.mode == Mode::Exclusive && !ks.queue.iter().skip(1).any(|e| e.owner.same(&head.owner)))
+    if ks.queue.len() == 1 {
+        // The hot key's usual queue: one waiter, which is not the holder.
+        return !head.owner.same(&hold.owner);
+    }
+    if ks.queue.iter().any(|e| e.owner.same(&hold.owner)) {
+        return false;
+    }
+    head.mode == Mode::Exclusive && !ks.queue.iter().skip(1).any(|e| e.owner.same(&head.owner))
 }
 
 /// Checks the shape of a request: mode, keys, TTL.
