@@ -74,7 +74,9 @@ pub struct Lost<K> {
 /// Operations append; the caller drains and reuses the buffers.
 #[derive(Debug)]
 pub struct Effects<K> {
-    /// Waiting requests that were granted or failed.
+    /// Waiting requests that were granted or failed; all of them, but for the waiter that
+    /// [`crate::Shard::try_release`] hands its key to, which it answers in
+    /// [`crate::Released::handed`] instead.
     pub wakes: Vec<Wake<K>>,
     /// Holds that ended without a release by their owner.
     pub lost: Vec<Lost<K>>,

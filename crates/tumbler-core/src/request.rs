@@ -178,7 +178,8 @@ impl<K> Grant<K> {
 pub enum Acquired<K> {
     /// Granted at once.
     Granted(Grant<K>),
-    /// Queued. The outcome arrives later as a [`crate::Wake`] for this request.
+    /// Queued. The outcome arrives later as a [`crate::Wake`] for this request, or, when a
+    /// shard's release hands it the key, as that release's [`crate::Released::handed`].
     Waiting {
         /// The queued request.
         request: RequestId,

@@ -112,6 +112,7 @@ macro_rules! conformance_tests {
             timeout_leaves_holder_untouched_and_waiter_can_wait_again,
             dropped_waiter_passes_its_turn_to_the_next,
             multi_key_is_all_or_nothing,
+            acquire_all_of_a_repeated_key_waits_and_holds_it_once,
             overlapping_multi_key_waiters_never_deadlock,
             two_holders_waiting_on_each_other_get_deadlock,
             two_owners_upgrading_against_each_other_get_deadlock,

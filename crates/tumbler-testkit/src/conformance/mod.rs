@@ -48,7 +48,10 @@ pub use modes::{
     exclusive_holder_asking_shared_is_granted_at_once, shared_exclusive_compatibility_matrix,
     shared_exclusive_semaphore_compatibility_matrix, shared_holder_upgrades_when_alone_and_waits_for_other_readers,
 };
-pub use multi_key::{multi_key_is_all_or_nothing, overlapping_multi_key_waiters_never_deadlock};
+pub use multi_key::{
+    acquire_all_of_a_repeated_key_waits_and_holds_it_once, multi_key_is_all_or_nothing,
+    overlapping_multi_key_waiters_never_deadlock,
+};
 pub use owners::{
     every_guard_of_a_reentered_hold_sees_its_loss, goodbye_releases_everything_the_owner_holds,
     owner_death_releases_and_wakes_each_waiter_of_each_key,
@@ -145,6 +148,7 @@ pub const CASES: &[Case] = &[
     case("timeout_leaves_holder_untouched_and_waiter_can_wait_again", &[]),
     case("dropped_waiter_passes_its_turn_to_the_next", &[]),
     case("multi_key_is_all_or_nothing", &[MultiKey]),
+    case("acquire_all_of_a_repeated_key_waits_and_holds_it_once", &[MultiKey]),
     case("overlapping_multi_key_waiters_never_deadlock", &[MultiKey]),
     case("two_holders_waiting_on_each_other_get_deadlock", &[DeadlockDetection]),
     case("two_owners_upgrading_against_each_other_get_deadlock", &[DeadlockDetection]),

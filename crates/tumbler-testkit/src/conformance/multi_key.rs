@@ -63,6 +63,28 @@ pub async fn multi_key_is_all_or_nothing<B: Backend>(backend: &B) {
     assert_free(&*z, &kb, "b once x released").await;
 }
 
+/// A key named twice in one `acquire_all` is one key: a wait for `[a, a]` while `a` is
+/// held is granted once `a` is released, with one fencing token, and one release frees it.
+pub async fn acquire_all_of_a_repeated_key_waits_and_holds_it_once<B: Backend>(backend: &B) {
+    const CASE: &str = "acquire_all_of_a_repeated_key_waits_and_holds_it_once";
+    if skipped(backend, CASE) {
+        return;
+    }
+    let keys = Keys::new(backend, CASE);
+    let ka = keys.key("a");
+    let (x, y, z) = (owner(backend).await, owner(backend).await, owner(backend).await);
+
+    let held = acquire(&*y, &ka, AcquireOptions::exclusive(), "y's hold of a").await;
+    let wait = spawn_acquire_all(&x, vec![ka.clone(), ka.clone()], AcquireOptions::exclusive().forever());
+    assert_waiting(backend, &wait, "x's wait for [a, a] while y holds a").await;
+    release(held, "y's release of a").await;
+    let once = ok("x's wait for [a, a] once a was released", join(wait, "x's wait for [a, a]").await);
+    assert_eq!(once.fencing_tokens().len(), 1, "one fencing token for a key named twice: {:?}", once.fencing_tokens());
+    assert_busy(&*z, &ka, AcquireOptions::exclusive(), "z's try of a while x holds [a, a]").await;
+    release(once, "x's release of [a, a]").await;
+    assert_free(&*z, &ka, "a once x released [a, a]").await;
+}
+
 /// Many owners repeatedly waiting for overlapping random key sets, in random order, all
 /// finish: no deadlock error, no hang, and no two of them ever hold one key at once.
 pub async fn overlapping_multi_key_waiters_never_deadlock<B: Backend>(backend: &B) {

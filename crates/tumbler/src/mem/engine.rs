@@ -200,9 +200,11 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
             }
         }
         // A wait that may live in its shard is told only its fencing token when the key is
-        // handed to it, and makes its grant from what it asked.
-        let asked = (req.keys.len() == 1 && req.session.is_none() && req.request_id.is_none())
-            .then(|| (req.keys[0].clone(), req.owner.clone(), req.mode));
+        // handed to it, and makes its grant from what it asked. (One key, after the core
+        // folds repeated keys: a wait for `[a, a]` lives in `a`'s shard too.)
+        let asked = (req.session.is_none() && req.request_id.is_none())
+            .then(|| req.keys.first().map(|key| (key.clone(), req.owner.clone(), req.mode)))
+            .flatten();
         let (tx, rx) = oneshot::channel();
         let (answer, wakes) = self.with_all(&mut fx, |central, shards, fx| {
             let answer = central.coordinator.acquire(shards, req, now, fx);
