@@ -199,12 +199,10 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
                 });
             }
         }
-        // A wait that may live in its shard is told only its fencing token when the key is
-        // handed to it, and makes its grant from what it asked. (One key, after the core
-        // folds repeated keys: a wait for `[a, a]` lives in `a`'s shard too.)
-        let asked = (req.session.is_none() && req.request_id.is_none())
-            .then(|| req.keys.first().map(|key| (key.clone(), req.owner.clone(), req.mode)))
-            .flatten();
+        // A wait living in its shard (the core decides which: `RequestId::home`) is told only
+        // its fencing token when the key is handed to it, and makes its grant from what it
+        // asked: its one key (repeated keys are folded, so any of them) as its owner.
+        let asked = req.keys.first().map(|key| (key.clone(), req.owner.clone(), req.mode));
         let (tx, rx) = oneshot::channel();
         let (answer, wakes) = self.with_all(&mut fx, |central, shards, fx| {
             let answer = central.coordinator.acquire(shards, req, now, fx);
