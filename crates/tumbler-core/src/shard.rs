@@ -368,23 +368,15 @@ impl<K: Hash + Eq + Clone> Books<K> {
     /// Starts `hold`, a new hold of `key` (count 1; its token and expiry are set here): the
     /// shard's next fencing token, an expiry timer when it `expires_at`, its owner and
     /// session entries, and its event.
-    fn open(
-        &mut self,
-        key: &K,
-        mut hold: Hold,
-        expires_at: Option<Instant>,
-        config: &Config<K>,
-        fx: &mut Effects<K>,
-    ) -> Hold {
+    fn open(&mut self, key: &K, hold: &mut Hold, expires_at: Option<Instant>, config: &Config<K>, fx: &mut Effects<K>) {
         self.last_token += 1;
         hold.token = self.last_token;
         hold.expiry = expires_at.map(|at| {
             let timer = Timer::Expiry { key: key.clone(), owner: hold.owner.clone(), mode: hold.mode };
             (at, self.add_timer(at, timer, fx))
         });
-        self.enter(key, &hold);
+        self.enter(key, hold);
         record(config, fx, EventKind::Acquired, key, &hold.owner, hold.mode, 1, hold.token);
-        hold
     }
 
     /// Ends `hold` of `key`: forgets it and records its event (`Released` or `Expired`).
@@ -717,7 +709,7 @@ impl<K: Hash + Eq + Clone> Shard<K> {
             record(config, fx, EventKind::Acquired, key, spec.owner, spec.mode, hold.count, hold.token);
             return Granted { key: key.clone(), count: hold.count, fencing_token: hold.token, expires_at };
         }
-        let hold = Hold {
+        let mut hold = Hold {
             owner: spec.owner.clone(),
             mode: spec.mode,
             count: 1,
@@ -727,7 +719,7 @@ impl<K: Hash + Eq + Clone> Shard<K> {
             request_ids: spec.request_id.into_iter().cloned().collect(),
             lock_delay: spec.lock_delay,
         };
-        let hold = books.open(key, hold, expires_at, config, fx);
+        books.open(key, &mut hold, expires_at, config, fx);
         let granted = Granted { key: key.clone(), count: 1, fencing_token: hold.token, expires_at };
         ks.holds.push(hold);
         granted
@@ -863,23 +855,19 @@ fn hand_over<K: Hash + Eq + Clone>(
     let entry = ks.queue.pop_front().expect("BUG: hands_off checked the queue");
     local.leave(&entry);
     let wait = entry.local.expect("BUG: hands_off checked that the head lives here");
-    let old = ks.holds.pop().expect("BUG: hands_off checked the hold");
-    books.close(key, &old, EventKind::Released, config, fx);
+    let hold = &mut ks.holds[0];
+    debug_assert!(hold.session.is_none(), "BUG: try_release leaves holds of sessions to the coordinator");
+    books.close(key, hold, EventKind::Released, config, fx);
     let expires_at = wait.ttl.map(|ttl| now() + ttl);
-    let new = Hold {
-        owner: entry.owner,
-        mode: entry.mode,
-        count: 1,
-        token: 0,
-        session: None,
-        expiry: None,
-        request_ids: Vec::new(),
-        lock_delay: wait.lock_delay,
-    };
-    let new = books.open(key, new, expires_at, config, fx);
-    let handed = HandOff { request: entry.request, fencing_token: new.token, expires_at };
-    ks.holds.push(new);
-    handed
+    // The waiter's new hold takes the old one's place, as `Shard::grant` would start it: a
+    // hold of count 1 without a session (`open` gives it its token and expiry).
+    hold.owner = entry.owner;
+    hold.mode = entry.mode;
+    hold.count = 1;
+    hold.request_ids.clear();
+    hold.lock_delay = wait.lock_delay;
+    books.open(key, hold, expires_at, config, fx);
+    HandOff { request: entry.request, fencing_token: hold.token, expires_at }
 }
 
 /// Whether ending the last level of the only hold of a key hands it to the first waiter and
