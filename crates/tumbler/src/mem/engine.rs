@@ -37,7 +37,6 @@ type CoreResult<T> = tumbler_core::Result<T>;
 type Map<K, V> = HashMap<K, V, foldhash::quality::RandomState>;
 /// What a waiter is told: the outcome of its request, or, for a request living in its
 /// shard, that the key was handed to it (the waiter makes the grant from what it asked).
-#[derive(Clone)]
 enum Delivery<K> {
     Outcome(CoreResult<Grant<K>>),
     Handed(HandOff),
