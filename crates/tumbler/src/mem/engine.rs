@@ -42,6 +42,16 @@ enum Delivery<K> {
     Handed(HandOff),
 }
 type WakeSender<K> = oneshot::Sender<Delivery<K>>;
+
+/// What [`Engine::admit`] answers: the request's grant, or the key handed to it.
+#[derive(Debug)]
+pub enum Admitted<K> {
+    /// The grant, as the core made it.
+    Granted(Grant<K>),
+    /// A release handed the request's one key to it, as the request's owner, in its mode:
+    /// its grant is [`HandOff::grant`] of those.
+    Handed(K, HandOff),
+}
 /// The waiters of one queued request: the one that queued it, and any retry (same
 /// request id) that joined its wait.
 type WakeSenders<K> = SmallVec<[WakeSender<K>; 1]>;
@@ -180,6 +190,23 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
     /// # Errors
     /// The core's errors.
     pub async fn acquire(&self, req: Acquire<K>) -> CoreResult<Grant<K>> {
+        let (owner, mode) = (req.owner.clone(), req.mode);
+        Ok(match self.admit(req).await? {
+            Admitted::Granted(grant) => grant,
+            Admitted::Handed(key, handed) => handed.grant(key, owner, mode),
+        })
+    }
+
+    /// [`Engine::acquire`], answering a key handed to the request by a release as that key
+    /// and the [`HandOff`], for a caller that needs less than a whole [`Grant`] (the
+    /// in-process locker: no id is cloned or dropped while the waiter takes the key).
+    ///
+    /// # Cancel safety
+    /// As [`Engine::acquire`].
+    ///
+    /// # Errors
+    /// The core's errors.
+    pub async fn admit(&self, req: Acquire<K>) -> CoreResult<Admitted<K>> {
         let now = self.now();
         let mut fx = Effects::new();
         if req.keys.len() == 1 && req.session.is_none() {
@@ -193,15 +220,15 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
             if let Ok(answer) = fast {
                 self.settle(fx, Vec::new());
                 return answer.map(|a| match a {
-                    Acquired::Granted(grant) => grant,
+                    Acquired::Granted(grant) => Admitted::Granted(grant),
                     Acquired::Waiting { .. } => unreachable!("BUG: a shard never queues"),
                 });
             }
         }
         // A wait living in its shard (the core decides which: `RequestId::home`) is told only
-        // its fencing token when the key is handed to it, and makes its grant from what it
-        // asked: its one key (repeated keys are folded, so any of them) as its owner.
-        let asked = req.keys.first().map(|key| (key.clone(), req.owner.clone(), req.mode));
+        // its fencing token when the key is handed to it: its key is the one it asked for
+        // (repeated keys are folded, so any of them).
+        let asked = req.keys.first().cloned();
         let (tx, rx) = oneshot::channel();
         let (answer, wakes) = self.with_all(&mut fx, |central, shards, fx| {
             let answer = central.coordinator.acquire(shards, req, now, fx);
@@ -213,7 +240,7 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
         });
         self.settle(fx, wakes);
         match answer? {
-            Acquired::Granted(grant) => Ok(grant),
+            Acquired::Granted(grant) => Ok(Admitted::Granted(grant)),
             Acquired::Waiting { request, .. } => {
                 let asked = asked.filter(|_| request.home().is_some());
                 WaitFor { engine: self, request, asked, rx, done: false }.await
@@ -261,10 +288,16 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
             delivered |= tx.send(Delivery::Handed(handed)).is_ok();
         }
         if !delivered {
-            let wake = self.inner.shards[self.inner.layout.shard_of(key)].0.lock().shard.wake_of(key, handed);
-            if let Some(Wake { outcome: Ok(grant), .. }) = wake {
-                self.release_grant(&grant);
-            }
+            self.release_handed(key, handed);
+        }
+    }
+
+    /// Releases the hold `key` was handed to a waiter with, whose waiter has gone (if that
+    /// hold has not ended since): the key passes on.
+    fn release_handed(&self, key: &K, handed: HandOff) {
+        let wake = self.inner.shards[self.inner.layout.shard_of(key)].0.lock().shard.wake_of(key, handed);
+        if let Some(Wake { outcome: Ok(grant), .. }) = wake {
+            self.release_grant(&grant);
         }
     }
 
@@ -669,9 +702,8 @@ async fn drive_timer<K: Hash + Eq + Clone + Send + Sync + 'static>(engine: Weak<
 struct WaitFor<'e, K: Hash + Eq + Clone + Send + Sync + 'static> {
     engine: &'e Engine<K>,
     request: RequestId,
-    /// For a request living in its shard: its key, owner and mode, from which it makes its
-    /// grant when the key is handed to it.
-    asked: Option<(K, OwnerId, Mode)>,
+    /// For a request living in its shard: its key, which is what it is handed.
+    asked: Option<K>,
     rx: oneshot::Receiver<Delivery<K>>,
     done: bool,
 }
@@ -681,19 +713,19 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Unpin for WaitFor<'_, K> {}
 
 impl<K: Hash + Eq + Clone + Send + Sync + 'static> WaitFor<'_, K> {
     /// The outcome `delivery` brings this request.
-    fn outcome(&mut self, delivery: Delivery<K>) -> CoreResult<Grant<K>> {
+    fn outcome(&mut self, delivery: Delivery<K>) -> CoreResult<Admitted<K>> {
         match delivery {
-            Delivery::Outcome(outcome) => outcome,
+            Delivery::Outcome(outcome) => outcome.map(Admitted::Granted),
             Delivery::Handed(handed) => {
-                let (key, owner, mode) = self.asked.take().expect("BUG: a key handed to a request that asked for none");
-                Ok(handed.grant(key, owner, mode))
+                let key = self.asked.take().expect("BUG: a key handed to a request that asked for none");
+                Ok(Admitted::Handed(key, handed))
             }
         }
     }
 }
 
 impl<K: Hash + Eq + Clone + Send + Sync + 'static> std::future::Future for WaitFor<'_, K> {
-    type Output = CoreResult<Grant<K>>;
+    type Output = CoreResult<Admitted<K>>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match Pin::new(&mut self.rx).poll(cx) {
@@ -718,13 +750,13 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Drop for WaitFor<'_, K> {
         // and release it) or fails to send (the engine releases it).
         self.rx.close();
         match self.rx.try_recv() {
-            Ok(delivery) => {
-                if let Ok(grant) = self.outcome(delivery) {
-                    self.engine.release_grant(&grant);
-                }
-            }
+            Ok(delivery) => match self.outcome(delivery) {
+                Ok(Admitted::Granted(grant)) => self.engine.release_grant(&grant),
+                Ok(Admitted::Handed(key, handed)) => self.engine.release_handed(&key, handed),
+                Err(_) => {}
+            },
             Err(_) => {
-                self.engine.cancel(self.request, self.asked.as_ref().map(|(key, _, _)| key));
+                self.engine.cancel(self.request, self.asked.as_ref());
             }
         }
     }
@@ -783,5 +815,31 @@ mod tests {
         assert!(c_gets.fencing_token() > first.fencing_token() + 1, "b was granted a token before it passed on");
         drop(b_waits);
         assert!(matches!(engine.status(&"hot".to_owned()), Some(s) if s.holders.len() == 1 && s.waiters == 0));
+    }
+
+    /// A waiter dropped after its key was handed to it but before it looked: the hand-off
+    /// sits in its channel, and the drop must release that hold so the key passes on.
+    #[tokio::test]
+    async fn a_waiter_dropped_with_its_key_handed_but_unseen_passes_it_on() {
+        let engine = Engine::<String>::new(Config { shards: 4, ..Config::default() });
+        let (a, b, c) = (OwnerId::new("a").unwrap(), OwnerId::new("b").unwrap(), OwnerId::new("c").unwrap());
+        let first = engine.acquire(exclusive("hot", &a, Wait::NoWait)).await.unwrap();
+        let waker = noop_waker();
+        let mut b_waits = Box::pin(engine.acquire(exclusive("hot", &b, Wait::Forever)));
+        assert!(b_waits.as_mut().poll(&mut Context::from_waker(&waker)).is_pending());
+        let mut c_waits = Box::pin(engine.acquire(exclusive("hot", &c, Wait::Forever)));
+        assert!(c_waits.as_mut().poll(&mut Context::from_waker(&waker)).is_pending());
+
+        assert_eq!(engine.release(&"hot".to_owned(), &a, None, Some(first.fencing_token())), Ok(0));
+        let b_holds = engine.status(&"hot".to_owned()).expect("the key is held");
+        assert_eq!(b_holds.holders.first().map(|h| &h.holder.owner), Some(&b), "the key went to b: {b_holds:?}");
+        drop(b_waits);
+
+        let c_grant = match c_waits.as_mut().poll(&mut Context::from_waker(&waker)) {
+            std::task::Poll::Ready(grant) => grant.expect("c is granted"),
+            std::task::Poll::Pending => panic!("b's hold was not released when b went"),
+        };
+        assert_eq!(c_grant.owner, c);
+        assert_eq!(c_grant.fencing_token(), first.fencing_token() + 2, "b's hold came and went in between");
     }
 }

@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use smallvec::SmallVec;
-use tumbler_core::{Acquire, Config, Grant, KeyStatus, LostReason, Mode, OwnerId};
+use tumbler_core::{Acquire, Config, KeyStatus, LostReason, Mode, OwnerId};
 
-use super::engine::{Engine, DEFAULT_SHARDS};
+use super::engine::{Admitted, Engine, DEFAULT_SHARDS};
 use crate::error::{Error, Result};
 use crate::locker::{Capabilities, LockGuard, Locker};
 use crate::lost::OwnerSignals;
@@ -156,7 +156,18 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> MemLocker<K> {
         Err(Error::NotHeld)
     }
 
-    fn guard(&self, grant: Grant<K>) -> MemGuard<K> {
+    /// The guard of what a request in `mode` was admitted to. `owner` is this owner's
+    /// shared state, cloned before the wait so that a waiter handed its key touches no
+    /// reference count.
+    fn guard(&self, owner: Arc<OwnerShared<K>>, mode: Mode, admitted: Admitted<K>) -> MemGuard<K> {
+        let grant = match admitted {
+            // A new hold of count 1 that no other guard stands for.
+            Admitted::Handed(key, handed) => {
+                let holds = SmallVec::from_buf([(key, handed.fencing_token)]);
+                return MemGuard { owner, mode, holds, released: false };
+            }
+            Admitted::Granted(grant) => grant,
+        };
         for hold in &grant.holds {
             // A re-entry or a retry: another guard already stands for this hold.
             if hold.count > 1 || grant.retried {
@@ -169,7 +180,14 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> MemLocker<K> {
             1 => granted.pop().map(|h| SmallVec::from_buf([(h.key, h.fencing_token)])).unwrap_or_default(),
             _ => granted.into_iter().map(|h| (h.key, h.fencing_token)).collect(),
         };
-        MemGuard { owner: self.shared().clone(), mode: grant.mode, holds, released: false }
+        MemGuard { owner, mode: grant.mode, holds, released: false }
+    }
+
+    async fn admit(&self, keys: SmallVec<[K; 1]>, options: AcquireOptions) -> Result<MemGuard<K>> {
+        let req = self.request(keys, options);
+        let (owner, mode) = (self.shared().clone(), req.mode);
+        let admitted = owner.engine.admit(req).await?;
+        Ok(self.guard(owner, mode, admitted))
     }
 
     fn request(&self, keys: SmallVec<[K; 1]>, options: AcquireOptions) -> Acquire<K> {
@@ -199,15 +217,11 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Locker for MemLocker<K> {
     }
 
     async fn acquire(&self, key: K, options: AcquireOptions) -> Result<MemGuard<K>> {
-        let req = self.request(SmallVec::from_buf([key]), options);
-        let grant = self.shared().engine.acquire(req).await?;
-        Ok(self.guard(grant))
+        self.admit(SmallVec::from_buf([key]), options).await
     }
 
     async fn acquire_all(&self, keys: Vec<K>, options: AcquireOptions) -> Result<MemGuard<K>> {
-        let req = self.request(keys.into(), options);
-        let grant = self.shared().engine.acquire(req).await?;
-        Ok(self.guard(grant))
+        self.admit(keys.into(), options).await
     }
 
     async fn goodbye(&self) -> Result<usize> {

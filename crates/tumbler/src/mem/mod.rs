@@ -32,5 +32,5 @@
 mod engine;
 mod locker;
 
-pub use engine::{Engine, EngineStats, Watch, DEFAULT_SHARDS, EVENT_BUFFER};
+pub use engine::{Admitted, Engine, EngineStats, Watch, DEFAULT_SHARDS, EVENT_BUFFER};
 pub use locker::{MemGuard, MemLocker, MemLocks};
