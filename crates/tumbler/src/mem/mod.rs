@@ -31,6 +31,7 @@
 
 mod engine;
 mod locker;
+mod wait;
 
 pub use engine::{Admitted, Engine, EngineStats, Watch, DEFAULT_SHARDS, EVENT_BUFFER};
 pub use locker::{MemGuard, MemLocker, MemLocks};

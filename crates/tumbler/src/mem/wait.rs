@@ -1,0 +1,185 @@
+//! How a queued request's waiter learns its outcome.
+//!
+//! A request living in its shard ([`RequestId::home`]) has its waiter filed with the shard
+//! as a [`HomeWait`], read and written only under the shard's lock: the shard hands the key
+//! to it with no channel, no allocation and no reference count, and a waiter that leaves
+//! takes its entry out under the same lock that withdraws its request, so a key is never
+//! handed to a waiter that has gone. Any other request is told through a `oneshot`
+//! channel: a retry (same request id) may join its wait, and each of its waiters is sent
+//! the outcome.
+
+use std::hash::Hash;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use smallvec::SmallVec;
+use tokio::sync::oneshot;
+use tumbler_core::{Grant, HandOff, RequestId};
+
+use super::engine::{Admitted, Engine};
+
+type CoreResult<T> = tumbler_core::Result<T>;
+
+/// What a waiter is told: the outcome of its request, or, for a request living in its
+/// shard, that the key was handed to it (the waiter makes its guard from what it asked).
+pub(super) enum Delivery<K> {
+    Outcome(CoreResult<Grant<K>>),
+    Handed(HandOff),
+}
+
+/// The waiter of a request living in its shard, as the shard files it.
+pub(super) enum HomeWait<K> {
+    /// Still waiting, with the waker of its latest poll (none before its first).
+    Waiting(Option<Waker>),
+    /// Decided, for the waiter's next poll to take.
+    Decided(Delivery<K>),
+}
+
+impl<K> HomeWait<K> {
+    /// Records the request's outcome; answers whom to wake once the shard is unlocked.
+    pub fn decide(&mut self, delivery: Delivery<K>) -> Option<Waker> {
+        match std::mem::replace(self, HomeWait::Decided(delivery)) {
+            HomeWait::Waiting(waker) => waker,
+            HomeWait::Decided(_) => unreachable!("BUG: a request was decided twice"),
+        }
+    }
+
+    /// Keeps `cx`'s waker to be woken with the outcome; answers the outcome when there is
+    /// one already (the caller then removes the entry).
+    pub fn poll(&mut self, cx: &Context<'_>) -> Poll<()> {
+        match self {
+            HomeWait::Decided(_) => Poll::Ready(()),
+            HomeWait::Waiting(waker) => {
+                if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    *waker = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+pub(super) type WakeSender<K> = oneshot::Sender<Delivery<K>>;
+/// The waiters of one queued request the coordinator keeps: the one that queued it, and
+/// any retry (same request id) that joined its wait.
+pub(super) type WakeSenders<K> = SmallVec<[WakeSender<K>; 1]>;
+
+/// The waiters to tell once every lock is released.
+pub(super) struct Wakes<K> {
+    /// Outcomes to send, each with the waiters of its request.
+    pub sends: Vec<(WakeSenders<K>, CoreResult<Grant<K>>)>,
+    /// Waiters filed with their shard whose outcome is recorded there.
+    pub wakers: Vec<Waker>,
+}
+
+impl<K> Default for Wakes<K> {
+    fn default() -> Self {
+        Wakes { sends: Vec::new(), wakers: Vec::new() }
+    }
+}
+
+/// Sends `outcome` to the waiters of one request. Returns the grant when none of them was
+/// left to take it, for the caller to release.
+pub(super) fn deliver<K: Clone>(mut txs: WakeSenders<K>, outcome: CoreResult<Grant<K>>) -> Option<Grant<K>> {
+    if txs.len() == 1 {
+        return match txs.pop()?.send(Delivery::Outcome(outcome)) {
+            Err(Delivery::Outcome(Ok(grant))) => Some(grant),
+            _ => None,
+        };
+    }
+    let mut delivered = false;
+    for tx in txs {
+        let mut copy = outcome.clone();
+        if let (true, Ok(grant)) = (delivered, &mut copy) {
+            // Waiters after the first to take the grant are retries: it counted once.
+            grant.retried = true;
+        }
+        delivered |= tx.send(Delivery::Outcome(copy)).is_ok();
+    }
+    if delivered {
+        None
+    } else {
+        outcome.ok()
+    }
+}
+
+/// Where a [`WaitFor`] learns its outcome.
+pub(super) enum Source<K> {
+    /// Filed with shard `shard` as a [`HomeWait`]; the request asked for `key` (repeated
+    /// keys are folded, so it is its only one), which is what it is handed.
+    Home { shard: usize, key: K },
+    /// A channel from the coordinator's waiters.
+    Central(oneshot::Receiver<Delivery<K>>),
+}
+
+/// A queued request's wait for its outcome. Dropping it before the outcome withdraws the
+/// request, and releases a grant that raced with the drop.
+pub(super) struct WaitFor<'e, K: Hash + Eq + Clone + Send + Sync + 'static> {
+    pub engine: &'e Engine<K>,
+    pub request: RequestId,
+    /// `None` once the outcome was taken.
+    pub from: Option<Source<K>>,
+}
+
+// Nothing of a wait is pinned in place: the key it keeps is only moved into its outcome.
+impl<K: Hash + Eq + Clone + Send + Sync + 'static> Unpin for WaitFor<'_, K> {}
+
+/// The outcome `delivery` brings a request that asked for `key` (when it lives in its
+/// shard).
+fn admitted<K>(delivery: Delivery<K>, key: Option<K>) -> CoreResult<Admitted<K>> {
+    match delivery {
+        Delivery::Outcome(outcome) => outcome.map(Admitted::Granted),
+        Delivery::Handed(handed) => {
+            Ok(Admitted::Handed(key.expect("BUG: a key handed to a request that does not live in its shard"), handed))
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone + Send + Sync + 'static> std::future::Future for WaitFor<'_, K> {
+    type Output = CoreResult<Admitted<K>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let (engine, request) = (self.engine, self.request);
+        let delivery = match self.from.as_mut().expect("BUG: a wait polled after its outcome") {
+            Source::Home { shard, .. } => match engine.poll_home(*shard, request, cx) {
+                Poll::Ready(delivery) => Ok(delivery),
+                Poll::Pending => return Poll::Pending,
+            },
+            Source::Central(rx) => match Pin::new(rx).poll(cx) {
+                Poll::Ready(delivery) => delivery,
+                Poll::Pending => return Poll::Pending,
+            },
+        };
+        let key = match self.from.take() {
+            Some(Source::Home { key, .. }) => Some(key),
+            _ => None,
+        };
+        Poll::Ready(match delivery {
+            Ok(delivery) => admitted(delivery, key),
+            Err(_) => Err(tumbler_core::Error::Internal("the lock engine dropped a waiting request".into())),
+        })
+    }
+}
+
+impl<K: Hash + Eq + Clone + Send + Sync + 'static> Drop for WaitFor<'_, K> {
+    fn drop(&mut self) {
+        let (delivery, key) = match self.from.take() {
+            None => return,
+            Some(Source::Home { key, .. }) => (self.engine.cancel(self.request, Some(&key)), Some(key)),
+            Some(Source::Central(mut rx)) => {
+                // Close first: from here on a grant either is already in the channel (we take
+                // it and release it) or fails to send (the engine releases it).
+                rx.close();
+                match rx.try_recv() {
+                    Ok(delivery) => (Some(delivery), None),
+                    Err(_) => (self.engine.cancel(self.request, None), None),
+                }
+            }
+        };
+        match delivery.map(|delivery| admitted(delivery, key)) {
+            Some(Ok(Admitted::Granted(grant))) => self.engine.release_grant(&grant),
+            Some(Ok(Admitted::Handed(key, handed))) => self.engine.release_handed(&key, handed),
+            _ => {}
+        }
+    }
+}
