@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use parking_lot::{Mutex, MutexGuard};
@@ -63,6 +63,10 @@ struct Central<K> {
 struct ShardSlot<K> {
     shard: Shard<K>,
     waiters: Map<RequestId, HomeWait<K>>,
+    /// The effects of operations made under this shard's lock alone ([`Engine::on_shard`]),
+    /// kept here so that one without effects (a hand-off, a plain grant) builds and drops
+    /// none.
+    fx: Effects<K>,
 }
 
 struct Timer {
@@ -132,7 +136,13 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
         });
         let coordinator = Coordinator::new(config);
         let shards = (0..coordinator.layout().shards())
-            .map(|_| Padded(Mutex::new(ShardSlot { shard: coordinator.new_shard(), waiters: Map::default() })))
+            .map(|_| {
+                Padded(Mutex::new(ShardSlot {
+                    shard: coordinator.new_shard(),
+                    waiters: Map::default(),
+                    fx: Effects::new(),
+                }))
+            })
             .collect();
         Engine {
             inner: Arc::new(Inner {
@@ -195,23 +205,19 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
     /// The core's errors.
     pub async fn admit(&self, req: Acquire<K>) -> CoreResult<Admitted<K>> {
         let now = self.now();
-        let mut fx = Effects::new();
         if req.keys.len() == 1 && req.session.is_none() {
             let shard = self.inner.layout.shard_of(&req.keys[0]);
-            let fast = {
-                let mut slot = self.inner.shards[shard].0.lock();
-                let answer = slot.shard.try_acquire(&req, now, &mut fx);
-                self.publish(&mut fx);
-                answer
-            };
+            let (fast, fx) = self.on_shard(shard, |shard, _, fx| shard.try_acquire(&req, now, fx));
             if let Ok(answer) = fast {
-                self.settle(fx, Wakes::default());
+                self.settle_shard(fx, None);
                 return answer.map(|a| match a {
                     Acquired::Granted(grant) => Admitted::Granted(grant),
                     Acquired::Waiting { .. } => unreachable!("BUG: a shard never queues"),
                 });
             }
+            debug_assert!(fx.is_none(), "BUG: a shard that escalates has changed nothing");
         }
+        let mut fx = Effects::new();
         // A wait living in its shard (the core decides which: `RequestId::home`) is told only
         // its fencing token when the key is handed to it: its key is the one it asked for
         // (repeated keys are folded, so any of them).
@@ -247,32 +253,27 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
     /// # Errors
     /// The core's errors.
     pub fn release(&self, key: &K, owner: &OwnerId, mode: Option<Mode>, token: Option<u64>) -> CoreResult<u32> {
-        let mut fx = Effects::new();
         let shard = self.inner.layout.shard_of(key);
-        let fast = {
-            let mut slot = self.inner.shards[shard].0.lock();
-            let answer = slot.shard.try_release(key, owner, mode, token, || self.now(), &mut fx);
+        let (fast, fx) = self.on_shard(shard, |shard, waiters, fx| {
+            let answer = shard.try_release(key, owner, mode, token, || self.now(), fx);
             debug_assert!(fx.wakes.is_empty(), "BUG: a shard's release wakes only whom it hands the key to");
             // The shard may have handed the key to a request living in it, whose waiter is
             // filed with it.
             let waker = match &answer {
                 Ok(Ok(Released { handed: Some(handed), .. })) => {
-                    let wait = slot.waiters.get_mut(&handed.request);
+                    let wait = waiters.get_mut(&handed.request);
                     debug_assert!(wait.is_some(), "BUG: a key handed to a request with no waiter");
                     wait.and_then(|wait| wait.decide(Delivery::Handed(*handed)))
                 }
                 _ => None,
             };
-            self.publish(&mut fx);
             answer.map(|answer| (answer, waker))
-        };
+        });
         if let Ok((answer, waker)) = fast {
-            if let Some(waker) = waker {
-                waker.wake();
-            }
-            self.settle(fx, Wakes::default());
+            self.settle_shard(fx, waker);
             return answer.map(|released| released.left);
         }
+        debug_assert!(fx.is_none(), "BUG: a shard that escalates has changed nothing");
         let now = self.now();
         self.full(|c, s, fx| c.release(s, key, owner, mode, token, now, fx))
     }
@@ -451,6 +452,31 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
         let sink = self.inner.events.as_ref()?;
         let log = sink.log.lock();
         Some((sink.tx.subscribe(), log.last_revision()))
+    }
+
+    /// Runs `op` on shard `index` alone, under its lock, and stamps the events it recorded;
+    /// answers its result and, when it left any, its effects to settle.
+    fn on_shard<R>(
+        &self,
+        index: usize,
+        op: impl FnOnce(&mut Shard<K>, &mut Map<RequestId, HomeWait<K>>, &mut Effects<K>) -> R,
+    ) -> (R, Option<Effects<K>>) {
+        let mut slot = self.inner.shards[index].0.lock();
+        let ShardSlot { shard, waiters, fx } = &mut *slot;
+        let answer = op(shard, waiters, fx);
+        self.publish(fx);
+        (answer, (!fx.is_empty()).then(|| std::mem::take(fx)))
+    }
+
+    /// Settles what an operation on one shard left: wakes `waker` (the waiter it handed a
+    /// key to), then carries out its effects.
+    fn settle_shard(&self, fx: Option<Effects<K>>, waker: Option<Waker>) {
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        if let Some(fx) = fx {
+            self.settle(fx, Wakes::default());
+        }
     }
 
     /// Runs `op` on the coordinator with every shard locked, then settles its effects.
