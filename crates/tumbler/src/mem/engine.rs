@@ -207,15 +207,13 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
         let now = self.now();
         if req.keys.len() == 1 && req.session.is_none() {
             let shard = self.inner.layout.shard_of(&req.keys[0]);
-            let (fast, fx) = self.on_shard(shard, |shard, _, fx| shard.try_acquire(&req, now, fx));
+            let (fast, _) = self.on_shard(shard, |shard, _, fx| (shard.try_acquire(&req, now, fx), None));
             if let Ok(answer) = fast {
-                self.settle_shard(fx, None);
                 return answer.map(|a| match a {
                     Acquired::Granted(grant) => Admitted::Granted(grant),
                     Acquired::Waiting { .. } => unreachable!("BUG: a shard never queues"),
                 });
             }
-            debug_assert!(fx.is_none(), "BUG: a shard that escalates has changed nothing");
         }
         let mut fx = Effects::new();
         // A wait living in its shard (the core decides which: `RequestId::home`) is told only
@@ -254,7 +252,7 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
     /// The core's errors.
     pub fn release(&self, key: &K, owner: &OwnerId, mode: Option<Mode>, token: Option<u64>) -> CoreResult<u32> {
         let shard = self.inner.layout.shard_of(key);
-        let (fast, fx) = self.on_shard(shard, |shard, waiters, fx| {
+        let (fast, waker) = self.on_shard(shard, |shard, waiters, fx| {
             let answer = shard.try_release(key, owner, mode, token, || self.now(), fx);
             debug_assert!(fx.wakes.is_empty(), "BUG: a shard's release wakes only whom it hands the key to");
             // The shard may have handed the key to a request living in it, whose waiter is
@@ -267,13 +265,14 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
                 }
                 _ => None,
             };
-            answer.map(|answer| (answer, waker))
+            (answer, waker)
         });
-        if let Ok((answer, waker)) = fast {
-            self.settle_shard(fx, waker);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        if let Ok(answer) = fast {
             return answer.map(|released| released.left);
         }
-        debug_assert!(fx.is_none(), "BUG: a shard that escalates has changed nothing");
         let now = self.now();
         self.full(|c, s, fx| c.release(s, key, owner, mode, token, now, fx))
     }
@@ -454,29 +453,25 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
         Some((sink.tx.subscribe(), log.last_revision()))
     }
 
-    /// Runs `op` on shard `index` alone, under its lock, and stamps the events it recorded;
-    /// answers its result and, when it left any, its effects to settle.
+    /// Runs `op` on shard `index` alone, under its lock; stamps the events it recorded and,
+    /// once the shard is unlocked, carries out its other effects (an operation that escalates
+    /// to the coordinator has none). `op` answers its result and whom to wake.
     fn on_shard<R>(
         &self,
         index: usize,
-        op: impl FnOnce(&mut Shard<K>, &mut Map<RequestId, HomeWait<K>>, &mut Effects<K>) -> R,
-    ) -> (R, Option<Effects<K>>) {
+        op: impl FnOnce(&mut Shard<K>, &mut Map<RequestId, HomeWait<K>>, &mut Effects<K>) -> (R, Option<Waker>),
+    ) -> (R, Option<Waker>) {
         let mut slot = self.inner.shards[index].0.lock();
         let ShardSlot { shard, waiters, fx } = &mut *slot;
         let answer = op(shard, waiters, fx);
         self.publish(fx);
-        (answer, (!fx.is_empty()).then(|| std::mem::take(fx)))
-    }
-
-    /// Settles what an operation on one shard left: wakes `waker` (the waiter it handed a
-    /// key to), then carries out its effects.
-    fn settle_shard(&self, fx: Option<Effects<K>>, waker: Option<Waker>) {
-        if let Some(waker) = waker {
-            waker.wake();
+        if fx.is_empty() {
+            return answer;
         }
-        if let Some(fx) = fx {
-            self.settle(fx, Wakes::default());
-        }
+        let fx = std::mem::take(fx);
+        drop(slot);
+        self.settle(fx, Wakes::default());
+        answer
     }
 
     /// Runs `op` on the coordinator with every shard locked, then settles its effects.
@@ -504,11 +499,18 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
 
     /// Stamps and broadcasts events; called with the locks that ordered them still held,
     /// so revisions follow the order of the changes.
+    #[inline]
     fn publish(&self, fx: &mut Effects<K>) {
-        let Some(sink) = &self.inner.events else { return };
-        if fx.events.is_empty() {
-            return;
+        if !fx.events.is_empty() {
+            self.publish_events(fx);
         }
+    }
+
+    fn publish_events(&self, fx: &mut Effects<K>) {
+        let Some(sink) = &self.inner.events else {
+            fx.events.clear();
+            return;
+        };
         let mut log = sink.log.lock();
         for event in fx.events.drain(..) {
             let _ = sink.tx.send(log.append(event));
