@@ -297,7 +297,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
             let local = local.then_some(LocalWait { ttl: req.ttl, lock_delay: req.lock_delay, deadline });
             let entry = Entry { request, owner: req.owner.clone(), mode: req.mode, local };
             if local.is_some() {
-                shard.local.enter(key, &entry);
+                shard.local.enter(&mut shard.books, key, &entry);
             }
             let ks = shard.keys.entry(key.clone()).or_default();
             if ks.holds_of(&req.owner) {
@@ -847,7 +847,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
         let reason = if voluntary { LostReason::Goodbye } else { LostReason::OwnerEnded };
         let mut touched = Vec::new();
         for i in 0..shards.count() {
-            let held = shards.get(i).books.owners.get(owner).to_vec();
+            let held = shards.get(i).books.holds_of(owner).to_vec();
             for (key, mode) in held {
                 let idx = shards.get(i).keys[&key].hold_index(owner, mode).expect("BUG: owner index out of date");
                 self.end_hold(shards, &key, idx, Some(reason), now, fx);
@@ -1199,14 +1199,14 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
                 }
             }
         }
-        (0..shards.count()).any(|i| shards.get(i).books.owners.contains(owner))
+        (0..shards.count()).any(|i| !shards.get(i).books.holds_of(owner).is_empty())
     }
 
     /// Whether `owner` has a queued request, wherever it lives.
     fn waits_anywhere(&self, shards: &mut dyn Shards<K>, owner: &OwnerId) -> bool {
         self.waits_by_owner.contains_key(owner)
             || (self.local_waits.load(Ordering::Relaxed) > 0
-                && (0..shards.count()).any(|i| shards.get(i).local.by_owner.contains(owner)))
+                && (0..shards.count()).any(|i| !shards.get(i).books.waits_of(owner).is_empty()))
     }
 
     /// The queued requests of `owner`: those the coordinator keeps (without a key), then
@@ -1216,7 +1216,7 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
             self.waits_by_owner.get(owner).into_iter().flatten().map(|r| (*r, None)).collect();
         if self.local_waits.load(Ordering::Relaxed) > 0 {
             for i in 0..shards.count() {
-                let waits = shards.get(i).local.by_owner.get(owner).iter();
+                let waits = shards.get(i).books.waits_of(owner).iter();
                 out.extend(waits.map(|(k, r)| (*r, Some(k.clone()))));
             }
         }

@@ -23,7 +23,7 @@ use crate::error::{Error, Holder, Result};
 use crate::event::{Event, EventKind};
 use crate::handoff::{HandOff, Released};
 use crate::hash::Map;
-use crate::index::Index;
+use crate::index::{remove_first, Index, Items};
 use crate::mode::Mode;
 use crate::namespaces::KeyBudget;
 use crate::owner::OwnerId;
@@ -354,8 +354,11 @@ pub struct Shard<K> {
 /// state and the records can be changed together after one lookup.
 #[derive(Debug)]
 pub(crate) struct Books<K> {
-    pub owners: Index<OwnerId, [(K, Mode); 2]>,
-    pub sessions: Index<SessionId, [SessionHold<K>; 2]>,
+    /// What each owner has in this shard: its holds, and its waits living here. One entry
+    /// for both, so that a hand-off, which ends the new holder's wait and starts its hold,
+    /// looks that owner up once.
+    pub owners: Index<OwnerId, OwnerItems<K>>,
+    pub sessions: Index<SessionId, SmallVec<[SessionHold<K>; 2]>>,
     pub timers: BTreeMap<(Instant, u64), Timer<K>>,
     next_timer: u64,
     /// The last fencing token handed out by this shard. Every key lives in exactly one
@@ -364,18 +367,65 @@ pub(crate) struct Books<K> {
     last_token: u64,
 }
 
+/// What one owner has in a shard.
+#[derive(Debug)]
+pub(crate) struct OwnerItems<K> {
+    /// Its holds: key and mode.
+    pub holds: SmallVec<[(K, Mode); 2]>,
+    /// Its requests living in this shard ([`RequestId::home`]), with their keys: what the
+    /// coordinator's wait-for graph and an owner's end need to find them.
+    pub waits: SmallVec<[(K, RequestId); 1]>,
+}
+
+impl<K> Default for OwnerItems<K> {
+    fn default() -> Self {
+        OwnerItems { holds: SmallVec::new(), waits: SmallVec::new() }
+    }
+}
+
+impl<K> Items for OwnerItems<K> {
+    fn is_empty(&self) -> bool {
+        self.holds.is_empty() && self.waits.is_empty()
+    }
+}
+
+impl<K: PartialEq> OwnerItems<K> {
+    fn forget_hold(&mut self, key: &K, mode: Mode) {
+        remove_first(&mut self.holds, |(k, m)| k == key && *m == mode);
+    }
+
+    fn forget_wait(&mut self, request: RequestId) {
+        remove_first(&mut self.waits, |(_, r)| *r == request);
+    }
+}
+
 impl<K: Hash + Eq + Clone> Books<K> {
     /// Starts `hold`, a new hold of `key` (count 1; its token and expiry are set here): the
     /// shard's next fencing token, an expiry timer when it `expires_at`, its owner and
     /// session entries, and its event.
     fn open(&mut self, key: &K, hold: &mut Hold, expires_at: Option<Instant>, config: &Config<K>, fx: &mut Effects<K>) {
+        self.start(key, hold, expires_at, config, fx);
+        self.enter(key, hold);
+    }
+
+    /// [`Books::open`] but for the owner's entry, which the caller makes.
+    fn start(
+        &mut self,
+        key: &K,
+        hold: &mut Hold,
+        expires_at: Option<Instant>,
+        config: &Config<K>,
+        fx: &mut Effects<K>,
+    ) {
         self.last_token += 1;
         hold.token = self.last_token;
         hold.expiry = expires_at.map(|at| {
             let timer = Timer::Expiry { key: key.clone(), owner: hold.owner.clone(), mode: hold.mode };
             (at, self.add_timer(at, timer, fx))
         });
-        self.enter(key, hold);
+        if let Some(session) = hold.session {
+            self.sessions.push(&session, (key.clone(), hold.owner.clone(), hold.mode));
+        }
         record(config, fx, EventKind::Acquired, key, &hold.owner, hold.mode, 1, hold.token);
     }
 
@@ -385,12 +435,32 @@ impl<K: Hash + Eq + Clone> Books<K> {
         record(config, fx, kind, key, &hold.owner, hold.mode, 0, hold.token);
     }
 
-    /// Records a hold that starts: under its owner and its session.
+    /// Records a hold that starts under its owner.
     fn enter(&mut self, key: &K, hold: &Hold) {
-        self.owners.push(&hold.owner, (key.clone(), hold.mode));
+        self.owners.change(&hold.owner, |items| items.holds.push((key.clone(), hold.mode)));
+    }
+
+    /// Records a restored hold: under its owner and its session.
+    fn restore(&mut self, key: &K, hold: &Hold) {
+        self.enter(key, hold);
         if let Some(session) = hold.session {
             self.sessions.push(&session, (key.clone(), hold.owner.clone(), hold.mode));
         }
+    }
+
+    /// The holds `owner` has in this shard.
+    pub fn holds_of(&self, owner: &OwnerId) -> &[(K, Mode)] {
+        self.owners.entry(owner).map_or(&[], |items| &items.holds)
+    }
+
+    /// The requests of `owner` living in this shard, with their keys.
+    pub fn waits_of(&self, owner: &OwnerId) -> &[(K, RequestId)] {
+        self.owners.entry(owner).map_or(&[], |items| &items.waits)
+    }
+
+    /// Every request living in this shard, with its key.
+    pub fn waits(&self) -> impl Iterator<Item = &(K, RequestId)> {
+        self.owners.entries().flat_map(|items| &items.waits)
     }
 
     /// Forgets a hold that ended: its expiry timer and its owner and session entries.
@@ -398,7 +468,7 @@ impl<K: Hash + Eq + Clone> Books<K> {
         if let Some(timer) = hold.expiry {
             self.timers.remove(&timer);
         }
-        self.owners.remove(&hold.owner, |(k, m)| k == key && *m == hold.mode);
+        self.owners.change(&hold.owner, |items| items.forget_hold(key, hold.mode));
         if let Some(session) = hold.session {
             self.sessions.remove(&session, |(k, o, m)| k == key && o.same(&hold.owner) && *m == hold.mode);
         }
@@ -424,9 +494,6 @@ impl<K: Hash + Eq + Clone> Books<K> {
 /// The requests living in a shard ([`RequestId::home`]), beside their queue entries.
 #[derive(Debug)]
 pub(crate) struct LocalWaits<K> {
-    /// By owner, with their keys: what the coordinator's wait-for graph and an owner's end
-    /// need to find them.
-    pub by_owner: Index<OwnerId, [(K, RequestId); 1]>,
     /// When those with a time bound run out, with their keys. Apart from the books' timers:
     /// on a tie, holds expire and lock-delays end before waits run out
     /// ([`crate::Coordinator::tick`]).
@@ -437,18 +504,23 @@ pub(crate) struct LocalWaits<K> {
 }
 
 impl<K: Hash + Eq + Clone> LocalWaits<K> {
-    /// Records a request that starts to wait on `key`.
-    pub fn enter(&mut self, key: &K, entry: &Entry) {
-        self.by_owner.push(&entry.owner, (key.clone(), entry.request));
+    /// Records a request that starts to wait on `key`, with its owner in `books`.
+    pub fn enter(&mut self, books: &mut Books<K>, key: &K, entry: &Entry) {
+        books.owners.change(&entry.owner, |items| items.waits.push((key.clone(), entry.request)));
         if let Some(at) = entry.local.and_then(|local| local.deadline) {
             self.ends.insert((at, entry.request), key.clone());
         }
         self.count.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Forgets a request taken out of its queue.
-    fn leave(&mut self, entry: &Entry) {
-        self.by_owner.remove(&entry.owner, |(_, r)| *r == entry.request);
+    /// Forgets a request taken out of its queue, and its owner's entry for it in `books`.
+    fn leave(&mut self, books: &mut Books<K>, entry: &Entry) {
+        books.owners.change(&entry.owner, |items| items.forget_wait(entry.request));
+        self.end(entry);
+    }
+
+    /// [`LocalWaits::leave`] but for the owner's entry, which the caller forgets.
+    fn end(&mut self, entry: &Entry) {
         if let Some(at) = entry.local.and_then(|local| local.deadline) {
             self.ends.remove(&(at, entry.request));
         }
@@ -516,7 +588,7 @@ impl<K: Hash + Eq + Clone> Shard<K> {
                 next_timer: 0,
                 last_token: 0,
             },
-            local: LocalWaits { by_owner: Index::default(), ends: BTreeMap::new(), count: local_waits },
+            local: LocalWaits { ends: BTreeMap::new(), count: local_waits },
             config,
         }
     }
@@ -663,7 +735,7 @@ impl<K: Hash + Eq + Clone> Shard<K> {
         if let Some(found) = key.and_then(|key| self.take_local_from(key, request)) {
             return Some(found);
         }
-        let key = self.local.by_owner.items().find(|(_, r)| *r == request).map(|(k, _)| k.clone())?;
+        let key = self.books.waits().find(|(_, r)| *r == request).map(|(k, _)| k.clone())?;
         self.take_local_from(&key, request)
     }
 
@@ -671,7 +743,7 @@ impl<K: Hash + Eq + Clone> Shard<K> {
         let ks = self.keys.get_mut(key)?;
         let pos = ks.queue.iter().position(|e| e.request == request && e.local.is_some())?;
         let entry = ks.queue.remove(pos).expect("BUG: position just found");
-        self.local.leave(&entry);
+        self.local.leave(&mut self.books, &entry);
         Some((key.clone(), entry))
     }
 
@@ -754,7 +826,7 @@ impl<K: Hash + Eq + Clone> Shard<K> {
             request_ids: hold.request_ids[hold.request_ids.len().saturating_sub(REMEMBERED_REQUEST_IDS)..].to_vec(),
             lock_delay: hold.lock_delay,
         };
-        self.books.enter(key, &restored);
+        self.books.restore(key, &restored);
         self.keys.entry(key.clone()).or_default().holds.push(restored);
         true
     }
@@ -853,20 +925,25 @@ fn hand_over<K: Hash + Eq + Clone>(
 ) -> HandOff {
     debug_assert!(ks.holds.len() == 1 && ks.delay.is_none(), "BUG: handing over a key that is not free to take");
     let entry = ks.queue.pop_front().expect("BUG: hands_off checked the queue");
-    local.leave(&entry);
+    local.end(&entry);
     let wait = entry.local.expect("BUG: hands_off checked that the head lives here");
     let hold = &mut ks.holds[0];
     debug_assert!(hold.session.is_none(), "BUG: try_release leaves holds of sessions to the coordinator");
     books.close(key, hold, EventKind::Released, config, fx);
     let expires_at = wait.ttl.map(|ttl| now() + ttl);
     // The waiter's new hold takes the old one's place, as `Shard::grant` would start it: a
-    // hold of count 1 without a session (`open` gives it its token and expiry).
+    // hold of count 1 without a session (`start` gives it its token and expiry).
     hold.owner = entry.owner;
     hold.mode = entry.mode;
     hold.count = 1;
     hold.request_ids.clear();
     hold.lock_delay = wait.lock_delay;
-    books.open(key, hold, expires_at, config, fx);
+    books.start(key, hold, expires_at, config, fx);
+    // The new holder's wait ends as its hold starts: one look at its entry for both.
+    books.owners.change(&hold.owner, |items| {
+        items.forget_wait(entry.request);
+        items.holds.push((key.clone(), hold.mode));
+    });
     HandOff { request: entry.request, fencing_token: hold.token, expires_at }
 }
 
