@@ -260,8 +260,18 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> MemGuard<K> {
     }
 
     fn release_now(&mut self) -> Result<()> {
-        self.released = true;
         let lost = self.lost_reason();
+        match (lost, self.release_holds()) {
+            (Some(reason), _) => Err(Error::Lost { reason }),
+            (None, Some(e)) => Err(e.into()),
+            (None, None) => Ok(()),
+        }
+    }
+
+    /// Releases one level of each key and forgets their lost-hold marks; answers the first
+    /// error.
+    fn release_holds(&mut self) -> Option<tumbler_core::Error> {
+        self.released = true;
         let mut first_error = None;
         for (key, token) in &self.holds {
             if let Err(e) = self.owner.engine.release(key, &self.owner.id, Some(self.mode), Some(*token)) {
@@ -269,18 +279,15 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> MemGuard<K> {
             }
         }
         self.owner.signals.forget(self.hold_ids());
-        match (lost, first_error) {
-            (Some(reason), _) => Err(Error::Lost { reason }),
-            (None, Some(e)) => Err(e.into()),
-            (None, None) => Ok(()),
-        }
+        first_error
     }
 }
 
 impl<K: Hash + Eq + Clone + Send + Sync + 'static> Drop for MemGuard<K> {
     fn drop(&mut self) {
         if !self.released {
-            let _ = self.release_now();
+            // Nobody hears the answer, so whether the holds were lost is not asked.
+            self.release_holds();
         }
     }
 }
