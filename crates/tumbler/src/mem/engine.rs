@@ -29,7 +29,7 @@ use tumbler_core::{
     Layout, Mode, OwnerId, Released, RequestId, RestoredHold, SessionId, SessionInfo, Shard, Shards, TooOld, Wake,
 };
 
-use super::wait::{deliver, Delivery, HomeWait, Source, WaitFor, WakeSenders, Wakes};
+use super::wait::{deliver, Delivery, HandCells, HomeWait, Source, WaitFor, WakeSenders, Wakes};
 use crate::lost::{HoldId, OwnerSignals};
 
 type CoreResult<T> = tumbler_core::Result<T>;
@@ -85,6 +85,8 @@ struct EventSink<K> {
 struct Inner<K> {
     layout: Layout,
     shards: Box<[Padded<Mutex<ShardSlot<K>>>]>,
+    /// Each shard's [`HandCells`], beside its lock.
+    cells: Box<[Padded<HandCells>]>,
     central: Mutex<Central<K>>,
     epoch: tokio::time::Instant,
     timer: Arc<Timer>,
@@ -147,6 +149,7 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
         Engine {
             inner: Arc::new(Inner {
                 layout: coordinator.layout().clone(),
+                cells: (0..coordinator.layout().shards()).map(|_| Padded(HandCells::default())).collect(),
                 shards,
                 central: Mutex::new(Central { coordinator, waiters: Map::default() }),
                 epoch: tokio::time::Instant::now(),
@@ -225,8 +228,10 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
             let from = match &answer {
                 Ok(Acquired::Waiting { request, .. }) => Some(match (request.home(), asked) {
                     (Some(shard), Some(key)) => {
-                        shards.slot(shard).waiters.insert(*request, HomeWait::Waiting(None));
-                        Source::Home { shard, key }
+                        let slot = shards.slot(shard);
+                        let cell = self.inner.cells[shard].0.reserve();
+                        slot.waiters.insert(*request, HomeWait::new(cell));
+                        Source::Home { shard, cell, key }
                     }
                     _ => {
                         let (tx, rx) = oneshot::channel();
@@ -251,18 +256,14 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
     /// # Errors
     /// The core's errors.
     pub fn release(&self, key: &K, owner: &OwnerId, mode: Option<Mode>, token: Option<u64>) -> CoreResult<u32> {
-        let shard = self.inner.layout.shard_of(key);
-        let (fast, waker) = self.on_shard(shard, |shard, waiters, fx| {
+        let shard_index = self.inner.layout.shard_of(key);
+        let (fast, waker) = self.on_shard(shard_index, |shard, waiters, fx| {
             let answer = shard.try_release(key, owner, mode, token, || self.now(), fx);
             debug_assert!(fx.wakes.is_empty(), "BUG: a shard's release wakes only whom it hands the key to");
             // The shard may have handed the key to a request living in it, whose waiter is
             // filed with it.
             let waker = match &answer {
-                Ok(Ok(Released { handed: Some(handed), .. })) => {
-                    let wait = waiters.get_mut(&handed.request);
-                    debug_assert!(wait.is_some(), "BUG: a key handed to a request with no waiter");
-                    wait.and_then(|wait| wait.decide(Delivery::Handed(*handed)))
-                }
+                Ok(Ok(Released { handed: Some(handed), .. })) => self.hand(shard_index, waiters, *handed),
                 _ => None,
             };
             (answer, waker)
@@ -275,6 +276,26 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
         }
         let now = self.now();
         self.full(|c, s, fx| c.release(s, key, owner, mode, token, now, fx))
+    }
+
+    /// Tells the waiter of a request living in shard `shard` that the key was handed to it
+    /// (under the shard's lock): through its cell when it has one and the hand-off is a
+    /// token alone (its entry then goes), else in its entry. Answers whom to wake.
+    fn hand(&self, shard: usize, waiters: &mut Map<RequestId, HomeWait<K>>, handed: HandOff) -> Option<Waker> {
+        let Entry::Occupied(mut wait) = waiters.entry(handed.request) else {
+            debug_assert!(false, "BUG: a key handed to a request with no waiter");
+            return None;
+        };
+        match (wait.get(), handed.expires_at) {
+            (HomeWait::Waiting { cell: Some(cell), .. }, None) => {
+                self.inner.cells[shard].0.hand(*cell, handed.fencing_token);
+                match wait.remove() {
+                    HomeWait::Waiting { waker, .. } => waker,
+                    HomeWait::Decided(_) => unreachable!("BUG: matched as waiting"),
+                }
+            }
+            _ => wait.get_mut().decide(Delivery::Handed(handed)),
+        }
     }
 
     /// Releases the hold `key` was handed to a waiter with, whose waiter has gone (if that
@@ -573,13 +594,13 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
     /// Withdraws `request`, which waits on `key` when the caller knows it (see
     /// [`Coordinator::cancel_on`]). When it lives in its shard and was decided already,
     /// nothing is withdrawn and its outcome is answered instead, for the caller to release.
-    pub(super) fn cancel(&self, request: RequestId, key: Option<&K>) -> Option<Delivery<K>> {
+    pub(super) fn cancel(&self, request: RequestId, key: Option<&K>, cell: Option<usize>) -> Option<Delivery<K>> {
         let now = self.now();
         let mut fx = Effects::new();
         let (decided, wakes) = self.with_all(&mut fx, |central, shards, fx| {
             match request.home() {
-                Some(home) => match shards.slot(home).waiters.remove(&request) {
-                    Some(HomeWait::Waiting(_)) => {}
+                Some(home) => match self.take_home(shards.slot(home), home, cell, request) {
+                    Some(HomeWait::Waiting { .. }) => {}
                     Some(HomeWait::Decided(delivery)) => return Some(delivery),
                     None => return None,
                 },
@@ -607,19 +628,52 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
 
     /// The outcome of request `request`, filed with shard `shard`, when it has one; else
     /// keeps `cx`'s waker to be woken with it.
-    pub(super) fn poll_home(&self, shard: usize, request: RequestId, cx: &Context<'_>) -> Poll<Delivery<K>> {
+    pub(super) fn poll_home(
+        &self,
+        shard: usize,
+        cell: Option<usize>,
+        request: RequestId,
+        cx: &Context<'_>,
+    ) -> Poll<Delivery<K>> {
+        if let Some(handed) = self.handed_through(shard, cell, request) {
+            return Poll::Ready(handed);
+        }
         let mut slot = self.inner.shards[shard].0.lock();
-        match slot.waiters.entry(request) {
-            Entry::Occupied(mut wait) => match wait.get_mut().poll(cx) {
-                Poll::Pending => Poll::Pending,
-                Poll::Ready(()) => match wait.remove() {
-                    HomeWait::Decided(delivery) => Poll::Ready(delivery),
-                    HomeWait::Waiting(_) => unreachable!("BUG: a waiting request polled as decided"),
-                },
-            },
-            Entry::Vacant(_) => Poll::Ready(Delivery::Outcome(Err(tumbler_core::Error::Internal(
-                "the lock engine lost a waiting request".into(),
-            )))),
+        if let Some(wait) = slot.waiters.get_mut(&request) {
+            if wait.poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+        Poll::Ready(match self.take_home(&mut slot, shard, cell, request) {
+            Some(HomeWait::Decided(delivery)) => delivery,
+            _ => Delivery::Outcome(Err(tumbler_core::Error::Internal("the lock engine lost a waiting request".into()))),
+        })
+    }
+
+    /// The hand-off written into `cell` of shard `shard` for `request`, when there is one.
+    fn handed_through(&self, shard: usize, cell: Option<usize>, request: RequestId) -> Option<Delivery<K>> {
+        let fencing_token = self.inner.cells[shard].0.take(cell?)?;
+        Some(Delivery::Handed(HandOff { request, fencing_token, expires_at: None }))
+    }
+
+    /// Takes out the entry of `request` filed with `slot` (shard `shard`) and frees its
+    /// `cell`, under the shard's lock. A request handed its key through the cell has no
+    /// entry left, and is answered as decided with that hand-off.
+    fn take_home(
+        &self,
+        slot: &mut ShardSlot<K>,
+        shard: usize,
+        cell: Option<usize>,
+        request: RequestId,
+    ) -> Option<HomeWait<K>> {
+        match slot.waiters.remove(&request) {
+            Some(wait) => {
+                if let Some(cell) = cell {
+                    self.inner.cells[shard].0.free(cell);
+                }
+                Some(wait)
+            }
+            None => self.handed_through(shard, cell, request).map(HomeWait::Decided),
         }
     }
 }
@@ -724,7 +778,7 @@ async fn drive_timer<K: Hash + Eq + Clone + Send + Sync + 'static>(engine: Weak<
 #[cfg(test)]
 mod tests {
     use std::future::Future;
-    use std::task::Context;
+    use std::task::{Context, Poll};
 
     use futures::task::noop_waker;
     use smallvec::smallvec;
@@ -745,9 +799,11 @@ mod tests {
         }
     }
 
-    /// How many waiters are filed with the shards: each leaves with its outcome or its drop.
-    fn filed(engine: &Engine<String>) -> usize {
-        engine.inner.shards.iter().map(|slot| slot.0.lock().waiters.len()).sum()
+    /// How many waiters are filed with the shards, and how many hand-off cells are in use:
+    /// each waiter leaves with its outcome or its drop, and frees its cell.
+    fn filed(engine: &Engine<String>) -> (usize, usize) {
+        let waiters = engine.inner.shards.iter().map(|slot| slot.0.lock().waiters.len()).sum();
+        (waiters, engine.inner.cells.iter().map(|cells| cells.0.used()).sum())
     }
 
     /// A waiter filed with its shard leaves nothing behind, whether it takes its key, gives
@@ -762,20 +818,62 @@ mod tests {
 
         let mut b_waits = Box::pin(engine.acquire(exclusive("hot", &b, Wait::Forever)));
         assert!(b_waits.as_mut().poll(&mut cx).is_pending());
-        assert_eq!(filed(&engine), 1, "b's waiter is filed with the key's shard");
+        assert_eq!(filed(&engine), (1, 1), "b's waiter is filed with the key's shard, with a cell");
         drop(b_waits);
-        assert_eq!(filed(&engine), 0, "b gave up before the key came");
+        assert_eq!(filed(&engine), (0, 0), "b gave up before the key came");
 
         let mut c_waits = Box::pin(engine.acquire(exclusive("hot", &c, Wait::Forever)));
         assert!(c_waits.as_mut().poll(&mut cx).is_pending());
         assert_eq!(engine.release(&"hot".to_owned(), &a, None, Some(first.fencing_token())), Ok(0));
-        let std::task::Poll::Ready(Ok(c_grant)) = c_waits.as_mut().poll(&mut cx) else { panic!("c is handed the key") };
+        assert_eq!(filed(&engine), (0, 1), "c's hand-off waits in its cell");
+        let Poll::Ready(Ok(c_grant)) = c_waits.as_mut().poll(&mut cx) else { panic!("c is handed the key") };
         assert_eq!((c_grant.owner.as_str(), c_grant.fencing_token()), ("c", first.fencing_token() + 1));
-        assert_eq!(filed(&engine), 0, "c took its key");
+        assert_eq!(filed(&engine), (0, 0), "c took its key");
+    }
+
+    /// A hand-off that carries an expiry, and any to more waiters of one shard than it has
+    /// cells, are told the locked way, in the waiter's entry; every waiter still gets its
+    /// key and leaves nothing behind.
+    #[tokio::test]
+    async fn hand_offs_beyond_the_cells_are_told_in_the_entry() {
+        let engine = Engine::<String>::new(Config { shards: 1, ..Config::default() });
+        let (a, b) = (OwnerId::new("a").unwrap(), OwnerId::new("b").unwrap());
+        let waker = noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let keys: Vec<String> = (0..20).map(|i| format!("k{i}")).collect();
+        let mut held = Vec::new();
+        for key in &keys {
+            held.push(engine.acquire(exclusive(key, &a, Wait::NoWait)).await.unwrap());
+        }
+        let mut waits: Vec<_> = keys
+            .iter()
+            .map(|key| {
+                let mut req = exclusive(key, &b, Wait::Forever);
+                req.ttl = (key == "k0").then(|| std::time::Duration::from_secs(60));
+                Box::pin(engine.acquire(req))
+            })
+            .collect();
+        for wait in &mut waits {
+            assert!(wait.as_mut().poll(&mut cx).is_pending());
+        }
+        assert_eq!(filed(&engine), (20, 16), "every cell is in use, four waiters go without");
+
+        for (key, grant) in keys.iter().zip(&held) {
+            assert_eq!(engine.release(key, &a, None, Some(grant.fencing_token())), Ok(0));
+        }
+        let (entries, cells) = filed(&engine);
+        assert_eq!(entries, 5, "the expiring hand-off and those without a cell are in the entries");
+        assert_eq!(cells, 16, "the other hand-offs wait in their cells, and k0's cell still waits");
+        for (key, wait) in keys.iter().zip(&mut waits) {
+            let Poll::Ready(Ok(grant)) = wait.as_mut().poll(&mut cx) else { panic!("{key} is handed to b") };
+            assert_eq!((grant.owner.as_str(), &grant.holds[0].key), ("b", key));
+            assert_eq!(grant.holds[0].expires_at.is_some(), key == "k0", "only k0 asked for a TTL");
+        }
+        assert_eq!(filed(&engine), (0, 0));
     }
 
     /// A waiter dropped after its key was handed to it but before it looked: the hand-off
-    /// sits in its channel, and the drop must release that hold so the key passes on.
+    /// sits in its cell, and the drop must release that hold so the key passes on.
     #[tokio::test]
     async fn a_waiter_dropped_with_its_key_handed_but_unseen_passes_it_on() {
         let engine = Engine::<String>::new(Config { shards: 4, ..Config::default() });
@@ -793,11 +891,11 @@ mod tests {
         drop(b_waits);
 
         let c_grant = match c_waits.as_mut().poll(&mut Context::from_waker(&waker)) {
-            std::task::Poll::Ready(grant) => grant.expect("c is granted"),
-            std::task::Poll::Pending => panic!("b's hold was not released when b went"),
+            Poll::Ready(grant) => grant.expect("c is granted"),
+            Poll::Pending => panic!("b's hold was not released when b went"),
         };
         assert_eq!(c_grant.owner, c);
         assert_eq!(c_grant.fencing_token(), first.fencing_token() + 2, "b's hold came and went in between");
-        assert_eq!(filed(&engine), 0, "b's decided wait went with b");
+        assert_eq!(filed(&engine), (0, 0), "b's hand-off went with b");
     }
 }

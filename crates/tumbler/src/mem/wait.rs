@@ -4,12 +4,15 @@
 //! as a [`HomeWait`], read and written only under the shard's lock: the shard hands the key
 //! to it with no channel, no allocation and no reference count, and a waiter that leaves
 //! takes its entry out under the same lock that withdraws its request, so a key is never
-//! handed to a waiter that has gone. Any other request is told through a `oneshot`
+//! handed to a waiter that has gone. A plain hand-off (a fencing token, no expiry) goes
+//! through the waiter's [`HandCells`] cell instead when it has one, which the waiter reads
+//! without taking the shard's lock. Any other request is told through a `oneshot`
 //! channel: a retry (same request id) may join its wait, and each of its waiters is sent
 //! the outcome.
 
 use std::hash::Hash;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 
 use smallvec::SmallVec;
@@ -29,17 +32,23 @@ pub(super) enum Delivery<K> {
 
 /// The waiter of a request living in its shard, as the shard files it.
 pub(super) enum HomeWait<K> {
-    /// Still waiting, with the waker of its latest poll (none before its first).
-    Waiting(Option<Waker>),
+    /// Still waiting, with the waker of its latest poll (none before its first) and its
+    /// [`HandCells`] cell, when it has one.
+    Waiting { waker: Option<Waker>, cell: Option<usize> },
     /// Decided, for the waiter's next poll to take.
     Decided(Delivery<K>),
 }
 
 impl<K> HomeWait<K> {
+    /// A waiter that has not been polled yet.
+    pub fn new(cell: Option<usize>) -> Self {
+        HomeWait::Waiting { waker: None, cell }
+    }
+
     /// Records the request's outcome; answers whom to wake once the shard is unlocked.
     pub fn decide(&mut self, delivery: Delivery<K>) -> Option<Waker> {
         match std::mem::replace(self, HomeWait::Decided(delivery)) {
-            HomeWait::Waiting(waker) => waker,
+            HomeWait::Waiting { waker, .. } => waker,
             HomeWait::Decided(_) => unreachable!("BUG: a request was decided twice"),
         }
     }
@@ -49,13 +58,82 @@ impl<K> HomeWait<K> {
     pub fn poll(&mut self, cx: &Context<'_>) -> Poll<()> {
         match self {
             HomeWait::Decided(_) => Poll::Ready(()),
-            HomeWait::Waiting(waker) => {
+            HomeWait::Waiting { waker, .. } => {
                 if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                     *waker = Some(cx.waker().clone());
                 }
                 Poll::Pending
             }
         }
+    }
+}
+
+/// How many waiters of one shard can be handed their key through a cell at once; the
+/// others are told the locked way.
+const HAND_CELLS: usize = 16;
+/// A cell nobody uses.
+const FREE: u64 = 0;
+/// A cell whose waiter waits; a cell holding `token + 2` holds a hand-off of `token`.
+const WAITING: u64 = 1;
+
+/// The cells through which a shard hands its key to a waiter living in it, kept beside the
+/// shard's lock, not under it, so that the waiter sees its hand-off with one load instead
+/// of taking the lock.
+///
+/// Every change but one is made under the shard's lock: reserving a free cell for a new
+/// waiter, writing a hand-off into a waiting cell, freeing the cell of a waiter that
+/// leaves or is told its outcome the locked way. The one change made without it is the
+/// waiter freeing its cell as it takes its hand-off, which only ever turns a cell holding a
+/// hand-off into a free one: so a cell read as free under the lock stays free, and a
+/// waiting cell changes only under the lock.
+pub(super) struct HandCells([AtomicU64; HAND_CELLS]);
+
+impl Default for HandCells {
+    fn default() -> Self {
+        HandCells(std::array::from_fn(|_| AtomicU64::new(FREE)))
+    }
+}
+
+impl HandCells {
+    /// Reserves a free cell for a new waiter; `None` when every cell is in use. Under the
+    /// shard's lock.
+    pub fn reserve(&self) -> Option<usize> {
+        let cell = self.0.iter().position(|c| c.load(Ordering::Acquire) == FREE)?;
+        self.0[cell].store(WAITING, Ordering::Relaxed);
+        Some(cell)
+    }
+
+    /// Writes the hand-off of `token` into the waiting `cell`. Under the shard's lock.
+    pub fn hand(&self, cell: usize, token: u64) {
+        debug_assert_eq!(
+            self.0[cell].load(Ordering::Relaxed),
+            WAITING,
+            "BUG: a hand-off into a cell that does not wait"
+        );
+        self.0[cell].store(token + 2, Ordering::Release);
+    }
+
+    /// The token handed through `cell`, freeing it; `None` while it waits.
+    pub fn take(&self, cell: usize) -> Option<u64> {
+        let value = self.0[cell].load(Ordering::Acquire);
+        if value < 2 {
+            return None;
+        }
+        self.0[cell].store(FREE, Ordering::Release);
+        Some(value - 2)
+    }
+
+    /// Frees the waiting `cell` of a waiter that leaves or is told its outcome the locked
+    /// way. Under the shard's lock.
+    pub fn free(&self, cell: usize) {
+        debug_assert_eq!(self.0[cell].load(Ordering::Relaxed), WAITING, "BUG: freeing a cell that does not wait");
+        self.0[cell].store(FREE, Ordering::Release);
+    }
+
+    /// How many cells are in use.
+    #[cfg(test)]
+    pub fn used(&self) -> usize {
+        self.0.iter().filter(|c| c.load(Ordering::Acquire) != FREE).count()
     }
 }
 
@@ -105,9 +183,10 @@ pub(super) fn deliver<K: Clone>(mut txs: WakeSenders<K>, outcome: CoreResult<Gra
 
 /// Where a [`WaitFor`] learns its outcome.
 pub(super) enum Source<K> {
-    /// Filed with shard `shard` as a [`HomeWait`]; the request asked for `key` (repeated
-    /// keys are folded, so it is its only one), which is what it is handed.
-    Home { shard: usize, key: K },
+    /// Filed with shard `shard` as a [`HomeWait`], and handed its key through `cell` when it
+    /// has one; the request asked for `key` (repeated keys are folded, so it is its only
+    /// one), which is what it is handed.
+    Home { shard: usize, cell: Option<usize>, key: K },
     /// A channel from the coordinator's waiters.
     Central(oneshot::Receiver<Delivery<K>>),
 }
@@ -141,7 +220,7 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> std::future::Future for WaitF
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let (engine, request) = (self.engine, self.request);
         let delivery = match self.from.as_mut().expect("BUG: a wait polled after its outcome") {
-            Source::Home { shard, .. } => match engine.poll_home(*shard, request, cx) {
+            Source::Home { shard, cell, .. } => match engine.poll_home(*shard, *cell, request, cx) {
                 Poll::Ready(delivery) => Ok(delivery),
                 Poll::Pending => return Poll::Pending,
             },
@@ -165,14 +244,14 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Drop for WaitFor<'_, K> {
     fn drop(&mut self) {
         let (delivery, key) = match self.from.take() {
             None => return,
-            Some(Source::Home { key, .. }) => (self.engine.cancel(self.request, Some(&key)), Some(key)),
+            Some(Source::Home { cell, key, .. }) => (self.engine.cancel(self.request, Some(&key), cell), Some(key)),
             Some(Source::Central(mut rx)) => {
                 // Close first: from here on a grant either is already in the channel (we take
                 // it and release it) or fails to send (the engine releases it).
                 rx.close();
                 match rx.try_recv() {
                     Ok(delivery) => (Some(delivery), None),
-                    Err(_) => (self.engine.cancel(self.request, None), None),
+                    Err(_) => (self.engine.cancel(self.request, None, None), None),
                 }
             }
         };
