@@ -408,7 +408,7 @@ impl<K: Hash + Eq + Clone> Books<K> {
         self.enter(key, hold);
     }
 
-    /// [`Books::open`] but for the owner's entry, which the caller makes.
+    /// [`Books::open`] but for the owner and session entries, which the caller makes.
     fn start(
         &mut self,
         key: &K,
@@ -419,13 +419,7 @@ impl<K: Hash + Eq + Clone> Books<K> {
     ) {
         self.last_token += 1;
         hold.token = self.last_token;
-        hold.expiry = expires_at.map(|at| {
-            let timer = Timer::Expiry { key: key.clone(), owner: hold.owner.clone(), mode: hold.mode };
-            (at, self.add_timer(at, timer, fx))
-        });
-        if let Some(session) = hold.session {
-            self.sessions.push(&session, (key.clone(), hold.owner.clone(), hold.mode));
-        }
+        hold.expiry = expires_at.map(|at| self.expiry_timer(key, hold, at, fx));
         record(config, fx, EventKind::Acquired, key, &hold.owner, hold.mode, 1, hold.token);
     }
 
@@ -435,14 +429,9 @@ impl<K: Hash + Eq + Clone> Books<K> {
         record(config, fx, kind, key, &hold.owner, hold.mode, 0, hold.token);
     }
 
-    /// Records a hold that starts under its owner.
+    /// Records a hold that starts: under its owner and its session.
     fn enter(&mut self, key: &K, hold: &Hold) {
         self.owners.change(&hold.owner, |items| items.holds.push((key.clone(), hold.mode)));
-    }
-
-    /// Records a restored hold: under its owner and its session.
-    fn restore(&mut self, key: &K, hold: &Hold) {
-        self.enter(key, hold);
         if let Some(session) = hold.session {
             self.sessions.push(&session, (key.clone(), hold.owner.clone(), hold.mode));
         }
@@ -474,6 +463,12 @@ impl<K: Hash + Eq + Clone> Books<K> {
         }
     }
 
+    /// A new timer for `hold` of `key` to expire at `at`: its expiry as a hold keeps it.
+    fn expiry_timer(&mut self, key: &K, hold: &Hold, at: Instant, fx: &mut Effects<K>) -> (Instant, u64) {
+        let timer = Timer::Expiry { key: key.clone(), owner: hold.owner.clone(), mode: hold.mode };
+        (at, self.add_timer(at, timer, fx))
+    }
+
     fn add_timer(&mut self, at: Instant, timer: Timer<K>, fx: &mut Effects<K>) -> u64 {
         self.next_timer += 1;
         self.timers.insert((at, self.next_timer), timer);
@@ -486,8 +481,7 @@ impl<K: Hash + Eq + Clone> Books<K> {
         if let Some(old) = hold.expiry {
             self.timers.remove(&old);
         }
-        let timer = Timer::Expiry { key: key.clone(), owner: hold.owner.clone(), mode: hold.mode };
-        hold.expiry = Some((at, self.add_timer(at, timer, fx)));
+        hold.expiry = Some(self.expiry_timer(key, hold, at, fx));
     }
 }
 
@@ -812,21 +806,18 @@ impl<K: Hash + Eq + Clone> Shard<K> {
             }
         }
         self.books.last_token = self.books.last_token.max(hold.fencing_token);
-        let timer = hold.expires_at.map(|at| {
-            let timer = Timer::Expiry { key: key.clone(), owner: hold.owner.clone(), mode: hold.mode };
-            (at, self.books.add_timer(at, timer, fx))
-        });
-        let restored = Hold {
+        let mut restored = Hold {
             owner: hold.owner.clone(),
             mode: hold.mode,
             count: hold.count.max(1),
             token: hold.fencing_token,
             session: hold.session,
-            expiry: timer,
+            expiry: None,
             request_ids: hold.request_ids[hold.request_ids.len().saturating_sub(REMEMBERED_REQUEST_IDS)..].to_vec(),
             lock_delay: hold.lock_delay,
         };
-        self.books.restore(key, &restored);
+        restored.expiry = hold.expires_at.map(|at| self.books.expiry_timer(key, &restored, at, fx));
+        self.books.enter(key, &restored);
         self.keys.entry(key.clone()).or_default().holds.push(restored);
         true
     }
