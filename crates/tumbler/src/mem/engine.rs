@@ -210,7 +210,7 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
         let now = self.now();
         if req.keys.len() == 1 && req.session.is_none() {
             let shard = self.inner.layout.shard_of(&req.keys[0]);
-            let (fast, _) = self.on_shard(shard, |shard, _, fx| (shard.try_acquire(&req, now, fx), None));
+            let fast = self.on_shard(shard, |shard, _, fx| shard.try_acquire(&req, now, fx));
             if let Ok(answer) = fast {
                 return answer.map(|a| match a {
                     Acquired::Granted(grant) => Admitted::Granted(grant),
@@ -476,12 +476,12 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
 
     /// Runs `op` on shard `index` alone, under its lock; stamps the events it recorded and,
     /// once the shard is unlocked, carries out its other effects (an operation that escalates
-    /// to the coordinator has none). `op` answers its result and whom to wake.
+    /// to the coordinator has none).
     fn on_shard<R>(
         &self,
         index: usize,
-        op: impl FnOnce(&mut Shard<K>, &mut Map<RequestId, HomeWait<K>>, &mut Effects<K>) -> (R, Option<Waker>),
-    ) -> (R, Option<Waker>) {
+        op: impl FnOnce(&mut Shard<K>, &mut Map<RequestId, HomeWait<K>>, &mut Effects<K>) -> R,
+    ) -> R {
         let mut slot = self.inner.shards[index].0.lock();
         let ShardSlot { shard, waiters, fx } = &mut *slot;
         let answer = op(shard, waiters, fx);
