@@ -21,6 +21,7 @@ use crate::effects::{Effects, LostReason, Wake};
 use crate::error::{Error, Holder, Result};
 use crate::event::EventKind;
 use crate::hash::Map;
+use crate::index::UNFILED;
 use crate::layout::Layout;
 use crate::mode::Mode;
 use crate::namespaces::KeyBudget;
@@ -294,10 +295,11 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
         let request = RequestId::new(self.last_request, home);
         for key in &req.keys {
             let shard = self.shard_mut(shards, key);
-            let local = local.then_some(LocalWait { ttl: req.ttl, lock_delay: req.lock_delay, deadline });
-            let entry = Entry { request, owner: req.owner.clone(), mode: req.mode, local };
+            let local =
+                local.then_some(LocalWait { ttl: req.ttl, lock_delay: req.lock_delay, deadline, owner_slot: UNFILED });
+            let mut entry = Entry { request, owner: req.owner.clone(), mode: req.mode, local };
             if local.is_some() {
-                shard.local.enter(&mut shard.books, key, &entry);
+                shard.local.enter(&mut shard.books, key, &mut entry);
             }
             let ks = shard.keys.entry(key.clone()).or_default();
             if ks.holds_of(&req.owner) {
@@ -1142,6 +1144,8 @@ impl<K: Hash + Eq + Clone> Coordinator<K> {
             }
             ks.holds.push(Hold {
                 owner: owner.clone(),
+                // Placed for the search alone, never filed.
+                owner_slot: UNFILED,
                 mode,
                 count: 1,
                 token: 0,

@@ -22,29 +22,46 @@ impl<A: Array> Items for SmallVec<A> {
     }
 }
 
+/// Where an id's items sit in an [`Index`]: holders of a slot (a hold, a waiting request)
+/// reach their owner's items through it without hashing the owner again.
+pub(crate) type Slot = u32;
+
+/// The slot of an item not filed in any index yet: using it as a slot panics.
+pub(crate) const UNFILED: Slot = Slot::MAX;
+
 /// Maps ids to the few items each has.
+///
+/// Each id's items sit in a numbered slot, found by the id once and by the slot after
+/// that: an item's holder keeps the slot it was filed under (see [`Index::add`]) and reaches
+/// the items directly with [`Index::change_at`]. A slot stays its id's as long as it has
+/// items, so a slot kept beside an item is always valid.
 ///
 /// An id whose items are all gone keeps its entry: the owner of a hot key gives it up and
 /// takes it again many times a second, and removing and re-inserting its entry each time
 /// would cost two map operations and a clone and a drop of the id (an atomic reference
 /// count) on every hand-off. Empty entries are swept away together once they outnumber the
 /// others (and [`SWEEP_FLOOR`]), so they never take much more room than the live ones, and
-/// the sweep's cost is spread over the removals that made them.
+/// the sweep's cost is spread over the removals that made them. A swept entry's slot is
+/// reused.
 pub(crate) struct Index<I, V> {
-    map: Map<I, V>,
-    /// How many entries of `map` have no item.
+    slots: Map<I, Slot>,
+    items: Vec<V>,
+    /// Slots of swept entries, to be reused.
+    free: Vec<Slot>,
+    /// How many entries of `slots` have no item.
     empty: usize,
 }
 
 impl<I: std::fmt::Debug, V: Items + std::fmt::Debug> std::fmt::Debug for Index<I, V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_map().entries(self.map.iter().filter(|(_, items)| !items.is_empty())).finish()
+        let live = self.slots.iter().map(|(id, slot)| (id, &self.items[*slot as usize]));
+        f.debug_map().entries(live.filter(|(_, items)| !items.is_empty())).finish()
     }
 }
 
 impl<I, V> Default for Index<I, V> {
     fn default() -> Self {
-        Index { map: Map::default(), empty: 0 }
+        Index { slots: Map::default(), items: Vec::new(), free: Vec::new(), empty: 0 }
     }
 }
 
@@ -52,33 +69,70 @@ impl<I: Hash + Eq + Clone, V: Items> Index<I, V> {
     /// Changes the items of `id` with `change`, in one lookup (an id without an entry
     /// starts with none).
     pub fn change<R>(&mut self, id: &I, change: impl FnOnce(&mut V) -> R) -> R {
-        match self.map.get_mut(id) {
-            Some(items) => {
-                let was_empty = items.is_empty();
-                let answer = change(items);
-                let is_empty = items.is_empty();
-                self.count_empty(was_empty, is_empty);
-                answer
-            }
+        match self.slots.get(id) {
+            Some(&slot) => self.change_at(slot, change),
             None => {
                 let mut items = V::default();
                 let answer = change(&mut items);
                 if !items.is_empty() {
-                    self.map.insert(id.clone(), items);
+                    self.insert(id, items);
                 }
                 answer
             }
         }
     }
 
+    /// Adds to the items of `id` with `add`, which must leave at least one; answers the
+    /// slot they sit in, valid for as long as the item added stays.
+    pub fn add(&mut self, id: &I, add: impl FnOnce(&mut V)) -> Slot {
+        match self.slots.get(id) {
+            Some(&slot) => {
+                self.change_at(slot, add);
+                slot
+            }
+            None => {
+                let mut items = V::default();
+                add(&mut items);
+                debug_assert!(!items.is_empty(), "BUG: Index::add added nothing");
+                self.insert(id, items)
+            }
+        }
+    }
+
+    /// Changes the items in `slot` (from [`Index::add`], while an item added there stays)
+    /// with `change`, without looking their id up.
+    pub fn change_at<R>(&mut self, slot: Slot, change: impl FnOnce(&mut V) -> R) -> R {
+        let items = &mut self.items[slot as usize];
+        let was_empty = items.is_empty();
+        let answer = change(items);
+        let is_empty = items.is_empty();
+        self.count_empty(was_empty, is_empty);
+        answer
+    }
+
     /// The items of `id`, when it has an entry.
     pub fn entry(&self, id: &I) -> Option<&V> {
-        self.map.get(id)
+        self.slots.get(id).map(|slot| &self.items[*slot as usize])
     }
 
     /// The items of every id (empty entries among them).
     pub fn entries(&self) -> impl Iterator<Item = &V> {
-        self.map.values()
+        self.slots.values().map(|slot| &self.items[*slot as usize])
+    }
+
+    fn insert(&mut self, id: &I, items: V) -> Slot {
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.items[slot as usize] = items;
+                slot
+            }
+            None => {
+                self.items.push(items);
+                Slot::try_from(self.items.len() - 1).expect("more than 2^32 ids in one index")
+            }
+        };
+        self.slots.insert(id.clone(), slot);
+        slot
     }
 
     fn count_empty(&mut self, was_empty: bool, is_empty: bool) {
@@ -86,8 +140,17 @@ impl<I: Hash + Eq + Clone, V: Items> Index<I, V> {
             (true, false) => self.empty -= 1,
             (false, true) => {
                 self.empty += 1;
-                if self.empty > SWEEP_FLOOR && self.empty > self.map.len() - self.empty {
-                    self.map.retain(|_, items| !items.is_empty());
+                if self.empty > SWEEP_FLOOR && self.empty > self.slots.len() - self.empty {
+                    let Index { slots, items, free, .. } = self;
+                    slots.retain(|_, slot| {
+                        let live = !items[*slot as usize].is_empty();
+                        if !live {
+                            // Give back what a list that once spilled to the heap keeps.
+                            items[*slot as usize] = V::default();
+                            free.push(*slot);
+                        }
+                        live
+                    });
                     self.empty = 0;
                 }
             }
@@ -115,7 +178,7 @@ impl<I: Hash + Eq + Clone, A: Array> Index<I, SmallVec<A>> {
     /// How many entries the map keeps, empty ones included.
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.map.len()
+        self.slots.len()
     }
 }
 
@@ -164,5 +227,29 @@ mod tests {
         for live in 0..50 {
             assert_eq!(index.get(&live), &[live]);
         }
+    }
+
+    #[test]
+    fn a_kept_slot_reaches_its_ids_items_across_sweeps_and_freed_slots_are_reused() {
+        let mut index: Index<u32, SmallVec<[u32; 1]>> = Index::default();
+        let kept: Vec<(u32, Slot)> = (0..20).map(|id| (id, index.add(&id, |items| items.push(id)))).collect();
+        for id in 1000..5000 {
+            let slot = index.add(&id, |items| items.push(id));
+            index.change_at(slot, |items| remove_first(items, |x| *x == id));
+        }
+        assert!(index.items.len() <= 20 + 2 * SWEEP_FLOOR + 2, "swept slots are reused: {} slots", index.items.len());
+        for (id, slot) in kept {
+            assert_eq!(index.add(&id, |items| items.push(id + 100)), slot, "a slot with items stays its id's");
+            index.change_at(slot, |items| remove_first(items, |x| *x == id));
+            assert_eq!(index.get(&id), &[id + 100]);
+        }
+    }
+
+    #[test]
+    #[should_panic]
+    fn an_unfiled_slot_is_refused() {
+        let mut index: Index<u32, SmallVec<[u32; 1]>> = Index::default();
+        index.push(&1, 1);
+        index.change_at(UNFILED, |items| items.clear());
     }
 }

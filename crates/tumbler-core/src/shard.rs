@@ -23,7 +23,7 @@ use crate::error::{Error, Holder, Result};
 use crate::event::{Event, EventKind};
 use crate::handoff::{HandOff, Released};
 use crate::hash::Map;
-use crate::index::{remove_first, Index, Items};
+use crate::index::{remove_first, Index, Items, Slot, UNFILED};
 use crate::mode::Mode;
 use crate::namespaces::KeyBudget;
 use crate::owner::OwnerId;
@@ -76,6 +76,9 @@ impl<K> Shards<K> for Vec<Shard<K>> {
 #[derive(Clone, Debug)]
 pub(crate) struct Hold {
     pub owner: OwnerId,
+    /// Where the owner's items sit in [`Books::owners`], once the hold is entered there
+    /// ([`Books::enter`]).
+    pub owner_slot: Slot,
     pub mode: Mode,
     pub count: u32,
     pub token: u64,
@@ -109,6 +112,9 @@ pub(crate) struct LocalWait {
     pub lock_delay: Option<Duration>,
     /// When the wait runs out (also in [`LocalWaits::ends`]).
     pub deadline: Option<Instant>,
+    /// Where the owner's items sit in [`Books::owners`], once the wait is entered there
+    /// ([`LocalWaits::enter`]).
+    pub owner_slot: Slot,
 }
 
 /// Everything about one key with holds, waiters, or a running lock-delay.
@@ -429,9 +435,9 @@ impl<K: Hash + Eq + Clone> Books<K> {
         record(config, fx, kind, key, &hold.owner, hold.mode, 0, hold.token);
     }
 
-    /// Records a hold that starts: under its owner and its session.
-    fn enter(&mut self, key: &K, hold: &Hold) {
-        self.owners.change(&hold.owner, |items| items.holds.push((key.clone(), hold.mode)));
+    /// Records a hold that starts: under its owner (keeping its slot) and its session.
+    fn enter(&mut self, key: &K, hold: &mut Hold) {
+        hold.owner_slot = self.owners.add(&hold.owner, |items| items.holds.push((key.clone(), hold.mode)));
         if let Some(session) = hold.session {
             self.sessions.push(&session, (key.clone(), hold.owner.clone(), hold.mode));
         }
@@ -457,7 +463,7 @@ impl<K: Hash + Eq + Clone> Books<K> {
         if let Some(timer) = hold.expiry {
             self.timers.remove(&timer);
         }
-        self.owners.change(&hold.owner, |items| items.forget_hold(key, hold.mode));
+        self.owners.change_at(hold.owner_slot, |items| items.forget_hold(key, hold.mode));
         if let Some(session) = hold.session {
             self.sessions.remove(&session, |(k, o, m)| k == key && o.same(&hold.owner) && *m == hold.mode);
         }
@@ -498,10 +504,12 @@ pub(crate) struct LocalWaits<K> {
 }
 
 impl<K: Hash + Eq + Clone> LocalWaits<K> {
-    /// Records a request that starts to wait on `key`, with its owner in `books`.
-    pub fn enter(&mut self, books: &mut Books<K>, key: &K, entry: &Entry) {
-        books.owners.change(&entry.owner, |items| items.waits.push((key.clone(), entry.request)));
-        if let Some(at) = entry.local.and_then(|local| local.deadline) {
+    /// Records a request living here that starts to wait on `key`, with its owner in
+    /// `books` (keeping its slot).
+    pub fn enter(&mut self, books: &mut Books<K>, key: &K, entry: &mut Entry) {
+        let local = entry.local.as_mut().expect("BUG: entering a wait that does not live in its shard");
+        local.owner_slot = books.owners.add(&entry.owner, |items| items.waits.push((key.clone(), entry.request)));
+        if let Some(at) = local.deadline {
             self.ends.insert((at, entry.request), key.clone());
         }
         self.count.fetch_add(1, Ordering::Relaxed);
@@ -509,7 +517,8 @@ impl<K: Hash + Eq + Clone> LocalWaits<K> {
 
     /// Forgets a request taken out of its queue, and its owner's entry for it in `books`.
     fn leave(&mut self, books: &mut Books<K>, entry: &Entry) {
-        books.owners.change(&entry.owner, |items| items.forget_wait(entry.request));
+        let local = entry.local.expect("BUG: a wait that does not live in its shard leaves");
+        books.owners.change_at(local.owner_slot, |items| items.forget_wait(entry.request));
         self.end(entry);
     }
 
@@ -777,6 +786,7 @@ impl<K: Hash + Eq + Clone> Shard<K> {
         }
         let mut hold = Hold {
             owner: spec.owner.clone(),
+            owner_slot: UNFILED,
             mode: spec.mode,
             count: 1,
             token: 0,
@@ -808,6 +818,7 @@ impl<K: Hash + Eq + Clone> Shard<K> {
         self.books.last_token = self.books.last_token.max(hold.fencing_token);
         let mut restored = Hold {
             owner: hold.owner.clone(),
+            owner_slot: UNFILED,
             mode: hold.mode,
             count: hold.count.max(1),
             token: hold.fencing_token,
@@ -817,7 +828,7 @@ impl<K: Hash + Eq + Clone> Shard<K> {
             lock_delay: hold.lock_delay,
         };
         restored.expiry = hold.expires_at.map(|at| self.books.expiry_timer(key, &restored, at, fx));
-        self.books.enter(key, &restored);
+        self.books.enter(key, &mut restored);
         self.keys.entry(key.clone()).or_default().holds.push(restored);
         true
     }
@@ -930,8 +941,9 @@ fn hand_over<K: Hash + Eq + Clone>(
     hold.request_ids.clear();
     hold.lock_delay = wait.lock_delay;
     books.start(key, hold, expires_at, config, fx);
-    // The new holder's wait ends as its hold starts: one look at its entry for both.
-    books.owners.change(&hold.owner, |items| {
+    // The new holder's wait ends as its hold starts, in the slot the wait kept.
+    hold.owner_slot = wait.owner_slot;
+    books.owners.change_at(hold.owner_slot, |items| {
         items.forget_wait(entry.request);
         items.holds.push((key.clone(), hold.mode));
     });
