@@ -101,6 +101,7 @@ impl<I: Hash + Eq + Clone, V: Items> Index<I, V> {
 
     /// Changes the items in `slot` (from [`Index::add`], while an item added there stays)
     /// with `change`, without looking their id up.
+    #[inline]
     pub fn change_at<R>(&mut self, slot: Slot, change: impl FnOnce(&mut V) -> R) -> R {
         let items = &mut self.items[slot as usize];
         let was_empty = items.is_empty();
@@ -135,6 +136,7 @@ impl<I: Hash + Eq + Clone, V: Items> Index<I, V> {
         slot
     }
 
+    #[inline]
     fn count_empty(&mut self, was_empty: bool, is_empty: bool) {
         match (was_empty, is_empty) {
             (true, false) => self.empty -= 1,

@@ -135,6 +135,7 @@ impl KeyState {
         self.holds.iter().any(|h| h.owner.same(owner))
     }
 
+    #[inline]
     pub fn hold_index(&self, owner: &OwnerId, mode: Mode) -> Option<usize> {
         self.holds.iter().position(|h| h.owner.same(owner) && h.mode.same_kind(mode))
     }
@@ -142,8 +143,15 @@ impl KeyState {
     /// The index of the hold `owner` has in `mode` (or of its only hold when `mode` is
     /// `None`), checking the fencing token when one is given.
     pub fn find_hold(&self, owner: &OwnerId, mode: Option<Mode>, token: Option<u64>) -> Result<usize> {
+        self.locate(owner, mode, token).map_err(Missing::error)
+    }
+
+    /// [`KeyState::find_hold`], answering why there is no such hold in a word, so that the
+    /// release of a hot key, which finds its hold, builds and moves no [`Error`].
+    #[inline]
+    pub fn locate(&self, owner: &OwnerId, mode: Option<Mode>, token: Option<u64>) -> Result<usize, Missing> {
         if self.holds.is_empty() {
-            return Err(Error::NotHeld);
+            return Err(Missing::NotHeld);
         }
         let idx = match mode {
             Some(mode) => self.hold_index(owner, mode),
@@ -151,17 +159,15 @@ impl KeyState {
                 let mut own = self.holds.iter().enumerate().filter(|(_, h)| h.owner.same(owner));
                 match (own.next(), own.next()) {
                     (Some((i, _)), None) => Some(i),
-                    (Some(_), Some(_)) => {
-                        return Err(Error::invalid("mode", "the owner holds this key in several modes; name one"))
-                    }
+                    (Some(_), Some(_)) => return Err(Missing::ModeAmbiguous),
                     (None, _) => None,
                 }
             }
         };
-        let idx = idx.ok_or(Error::NotOwner)?;
+        let idx = idx.ok_or(Missing::NotOwner)?;
         if token.is_some_and(|t| self.holds[idx].token != t) {
             // A guard from an earlier hold of the same owner: that hold is gone.
-            return Err(Error::NotHeld);
+            return Err(Missing::NotHeld);
         }
         Ok(idx)
     }
@@ -236,6 +242,28 @@ impl KeyState {
             if m.conflicts_with(mode) || (semaphore_full && matches!(m, Mode::Semaphore { .. })) {
                 push(o);
             }
+        }
+    }
+}
+
+/// Why a release, refresh or transfer found no hold to act on ([`KeyState::locate`]).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Missing {
+    /// Nobody holds the key, or the hold the fencing token names is gone.
+    NotHeld,
+    /// Others hold the key, not this owner (in that mode).
+    NotOwner,
+    /// The owner holds the key in several modes and named none.
+    ModeAmbiguous,
+}
+
+impl Missing {
+    /// The error the caller answers.
+    pub fn error(self) -> Error {
+        match self {
+            Missing::NotHeld => Error::NotHeld,
+            Missing::NotOwner => Error::NotOwner,
+            Missing::ModeAmbiguous => Error::invalid("mode", "the owner holds this key in several modes; name one"),
         }
     }
 }
@@ -396,10 +424,12 @@ impl<K> Items for OwnerItems<K> {
 }
 
 impl<K: PartialEq> OwnerItems<K> {
+    #[inline]
     fn forget_hold(&mut self, key: &K, mode: Mode) {
         remove_first(&mut self.holds, |(k, m)| k == key && *m == mode);
     }
 
+    #[inline]
     fn forget_wait(&mut self, request: RequestId) {
         remove_first(&mut self.waits, |(_, r)| *r == request);
     }
@@ -415,6 +445,7 @@ impl<K: Hash + Eq + Clone> Books<K> {
     }
 
     /// [`Books::open`] but for the owner and session entries, which the caller makes.
+    #[inline]
     fn start(
         &mut self,
         key: &K,
@@ -430,6 +461,7 @@ impl<K: Hash + Eq + Clone> Books<K> {
     }
 
     /// Ends `hold` of `key`: forgets it and records its event (`Released` or `Expired`).
+    #[inline]
     fn close(&mut self, key: &K, hold: &Hold, kind: EventKind, config: &Config<K>, fx: &mut Effects<K>) {
         self.leave(key, hold);
         record(config, fx, kind, key, &hold.owner, hold.mode, 0, hold.token);
@@ -459,6 +491,7 @@ impl<K: Hash + Eq + Clone> Books<K> {
     }
 
     /// Forgets a hold that ended: its expiry timer and its owner and session entries.
+    #[inline]
     fn leave(&mut self, key: &K, hold: &Hold) {
         if let Some(timer) = hold.expiry {
             self.timers.remove(&timer);
@@ -523,6 +556,7 @@ impl<K: Hash + Eq + Clone> LocalWaits<K> {
     }
 
     /// [`LocalWaits::leave`] but for the owner's entry, which the caller forgets.
+    #[inline]
     fn end(&mut self, entry: &Entry) {
         if let Some(at) = entry.local.and_then(|local| local.deadline) {
             self.ends.remove(&(at, entry.request));
@@ -699,10 +733,10 @@ impl<K: Hash + Eq + Clone> Shard<K> {
         fx: &mut Effects<K>,
     ) -> Result<Result<Released>, Escalate> {
         let Shard { keys, books, local, config, .. } = self;
-        let found = keys.get_mut(key).ok_or(Error::NotHeld).and_then(|ks| Ok((ks.find_hold(owner, mode, token)?, ks)));
+        let found = keys.get_mut(key).ok_or(Missing::NotHeld).and_then(|ks| Ok((ks.locate(owner, mode, token)?, ks)));
         let (idx, ks) = match found {
             Ok(found) => found,
-            Err(e) => return Ok(Err(e)),
+            Err(missing) => return Ok(Err(missing.error())),
         };
         let hold = &ks.holds[idx];
         if hold.session.is_some() {
@@ -916,6 +950,7 @@ impl<K: Hash + Eq + Clone> Shard<K> {
 /// Ends the only hold of `key` (whose state is `ks`) and gives the key to its first waiter,
 /// a request living in this shard: what ending the hold and then granting the waiter do
 /// elsewhere, in one visit of the key's state (the hot key's hand-off).
+#[inline]
 fn hand_over<K: Hash + Eq + Clone>(
     key: &K,
     ks: &mut KeyState,
@@ -959,6 +994,7 @@ fn hand_over<K: Hash + Eq + Clone>(
 /// must check for cycles); and the key has no lock-delay (not even one that has run out
 /// but whose end the table has not carried out yet: that needs no clock to see). With no
 /// hold left and no delay, the fairness rule admits the first waiter, whatever its mode.
+#[inline]
 fn hands_off(ks: &KeyState) -> bool {
     let ([hold], Some(head)) = (ks.holds.as_slice(), ks.queue.front()) else { return false };
     if head.local.is_none() || ks.delay.is_some() {

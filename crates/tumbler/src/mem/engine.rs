@@ -13,12 +13,11 @@
 //! says why that cannot deadlock). No lock is held across an `.await`, and no waiter is
 //! woken, nor a guard told, while a lock is held.
 
-use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use parking_lot::{Mutex, MutexGuard};
@@ -29,13 +28,13 @@ use tumbler_core::{
     Layout, Mode, OwnerId, Released, RequestId, RestoredHold, SessionId, SessionInfo, Shard, Shards, TooOld, Wake,
 };
 
-use super::wait::{deliver, Delivery, HandCells, HomeWait, Source, WaitFor, WakeSenders, Wakes};
+use super::wait::{deliver, Delivery, HandCells, HomeWait, HomeWaiters, Source, WaitFor, WakeSenders, Wakes};
 use crate::lost::{HoldId, OwnerSignals};
 
 type CoreResult<T> = tumbler_core::Result<T>;
 /// The engine's maps are looked up on every hand-off: foldhash, as in the core's tables,
 /// instead of std's slower SipHash.
-type Map<K, V> = HashMap<K, V, foldhash::quality::RandomState>;
+pub(super) type Map<K, V> = HashMap<K, V, foldhash::quality::RandomState>;
 /// What [`Engine::admit`] answers: the request's grant, or the key handed to it.
 #[derive(Debug)]
 pub enum Admitted<K> {
@@ -62,7 +61,7 @@ struct Central<K> {
 /// the central lock (see [`super::wait`]).
 struct ShardSlot<K> {
     shard: Shard<K>,
-    waiters: Map<RequestId, HomeWait<K>>,
+    waiters: HomeWaiters<K>,
     /// The effects of operations made under this shard's lock alone ([`Engine::on_shard`]),
     /// kept here so that one without effects (a hand-off, a plain grant) builds and drops
     /// none.
@@ -141,7 +140,7 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
             .map(|_| {
                 Padded(Mutex::new(ShardSlot {
                     shard: coordinator.new_shard(),
-                    waiters: Map::default(),
+                    waiters: HomeWaiters::default(),
                     fx: Effects::new(),
                 }))
             })
@@ -230,7 +229,7 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
                     (Some(shard), Some(key)) => {
                         let slot = shards.slot(shard);
                         let cell = self.inner.cells[shard].0.reserve();
-                        slot.waiters.insert(*request, HomeWait::new(cell));
+                        slot.waiters.file(*request, cell);
                         Source::Home { shard, cell, key }
                     }
                     _ => {
@@ -263,7 +262,9 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
             // The shard may have handed the key to a request living in it, whose waiter is
             // filed with it.
             let waker = match &answer {
-                Ok(Ok(Released { handed: Some(handed), .. })) => self.hand(shard_index, waiters, *handed),
+                Ok(Ok(Released { handed: Some(handed), .. })) => {
+                    waiters.hand(&self.inner.cells[shard_index].0, *handed)
+                }
                 _ => None,
             };
             (answer, waker)
@@ -276,26 +277,6 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
         }
         let now = self.now();
         self.full(|c, s, fx| c.release(s, key, owner, mode, token, now, fx))
-    }
-
-    /// Tells the waiter of a request living in shard `shard` that the key was handed to it
-    /// (under the shard's lock): through its cell when it has one and the hand-off is a
-    /// token alone (its entry then goes), else in its entry. Answers whom to wake.
-    fn hand(&self, shard: usize, waiters: &mut Map<RequestId, HomeWait<K>>, handed: HandOff) -> Option<Waker> {
-        let Entry::Occupied(mut wait) = waiters.entry(handed.request) else {
-            debug_assert!(false, "BUG: a key handed to a request with no waiter");
-            return None;
-        };
-        match (wait.get(), handed.expires_at) {
-            (HomeWait::Waiting { cell: Some(cell), .. }, None) => {
-                self.inner.cells[shard].0.hand(*cell, handed.fencing_token);
-                match wait.remove() {
-                    HomeWait::Waiting { waker, .. } => waker,
-                    HomeWait::Decided(_) => unreachable!("BUG: matched as waiting"),
-                }
-            }
-            _ => wait.get_mut().decide(Delivery::Handed(handed)),
-        }
     }
 
     /// Releases the hold `key` was handed to a waiter with, whose waiter has gone (if that
@@ -480,7 +461,7 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
     fn on_shard<R>(
         &self,
         index: usize,
-        op: impl FnOnce(&mut Shard<K>, &mut Map<RequestId, HomeWait<K>>, &mut Effects<K>) -> R,
+        op: impl FnOnce(&mut Shard<K>, &mut HomeWaiters<K>, &mut Effects<K>) -> R,
     ) -> R {
         let mut slot = self.inner.shards[index].0.lock();
         let ShardSlot { shard, waiters, fx } = &mut *slot;
@@ -599,7 +580,7 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
         let mut fx = Effects::new();
         let (decided, wakes) = self.with_all(&mut fx, |central, shards, fx| {
             match request.home() {
-                Some(home) => match self.take_home(shards.slot(home), home, cell, request) {
+                Some(home) => match shards.slot(home).waiters.take(&self.inner.cells[home].0, request, cell) {
                     Some(HomeWait::Waiting { .. }) => {}
                     Some(HomeWait::Decided(delivery)) => return Some(delivery),
                     None => return None,
@@ -635,46 +616,18 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
         request: RequestId,
         cx: &Context<'_>,
     ) -> Poll<Delivery<K>> {
-        if let Some(handed) = self.handed_through(shard, cell, request) {
-            return Poll::Ready(handed);
+        let cells = &self.inner.cells[shard].0;
+        if let Some(handed) = cells.handed(cell, request) {
+            return Poll::Ready(Delivery::Handed(handed));
         }
         let mut slot = self.inner.shards[shard].0.lock();
-        if let Some(wait) = slot.waiters.get_mut(&request) {
-            if wait.poll(cx).is_pending() {
-                return Poll::Pending;
-            }
+        if slot.waiters.poll(request, cell, cx).is_pending() {
+            return Poll::Pending;
         }
-        Poll::Ready(match self.take_home(&mut slot, shard, cell, request) {
+        Poll::Ready(match slot.waiters.take(cells, request, cell) {
             Some(HomeWait::Decided(delivery)) => delivery,
             _ => Delivery::Outcome(Err(tumbler_core::Error::Internal("the lock engine lost a waiting request".into()))),
         })
-    }
-
-    /// The hand-off written into `cell` of shard `shard` for `request`, when there is one.
-    fn handed_through(&self, shard: usize, cell: Option<usize>, request: RequestId) -> Option<Delivery<K>> {
-        let fencing_token = self.inner.cells[shard].0.take(cell?)?;
-        Some(Delivery::Handed(HandOff { request, fencing_token, expires_at: None }))
-    }
-
-    /// Takes out the entry of `request` filed with `slot` (shard `shard`) and frees its
-    /// `cell`, under the shard's lock. A request handed its key through the cell has no
-    /// entry left, and is answered as decided with that hand-off.
-    fn take_home(
-        &self,
-        slot: &mut ShardSlot<K>,
-        shard: usize,
-        cell: Option<usize>,
-        request: RequestId,
-    ) -> Option<HomeWait<K>> {
-        match slot.waiters.remove(&request) {
-            Some(wait) => {
-                if let Some(cell) = cell {
-                    self.inner.cells[shard].0.free(cell);
-                }
-                Some(wait)
-            }
-            None => self.handed_through(shard, cell, request).map(HomeWait::Decided),
-        }
     }
 }
 
@@ -733,9 +686,7 @@ fn take_waiters<K>(fx: &mut Effects<K>, central: &mut Central<K>, shards: &mut L
     for wake in fx.wakes.drain(..) {
         match wake.request.home() {
             Some(home) => {
-                let wait = shards.slot(home).waiters.get_mut(&wake.request);
-                debug_assert!(wait.is_some(), "BUG: a request decided with no waiter");
-                if let Some(waker) = wait.and_then(|wait| wait.decide(Delivery::Outcome(wake.outcome))) {
+                if let Some(waker) = shards.slot(home).waiters.decide(wake.request, Delivery::Outcome(wake.outcome)) {
                     wakes.wakers.push(waker);
                 }
             }

@@ -1,14 +1,15 @@
 //! How a queued request's waiter learns its outcome.
 //!
 //! A request living in its shard ([`RequestId::home`]) has its waiter filed with the shard
-//! as a [`HomeWait`], read and written only under the shard's lock: the shard hands the key
-//! to it with no channel, no allocation and no reference count, and a waiter that leaves
-//! takes its entry out under the same lock that withdraws its request, so a key is never
-//! handed to a waiter that has gone. A plain hand-off (a fencing token, no expiry) goes
-//! through the waiter's [`HandCells`] cell instead when it has one, which the waiter reads
-//! without taking the shard's lock. Any other request is told through a `oneshot`
-//! channel: a retry (same request id) may join its wait, and each of its waiters is sent
-//! the outcome.
+//! ([`HomeWaiters`]), read and written only under the shard's lock: the shard hands the
+//! key to it with no channel, no allocation and no reference count, and a waiter that
+//! leaves takes itself out under the same lock that withdraws its request, so a key is
+//! never handed to a waiter that has gone. A plain hand-off (a fencing token, no expiry)
+//! goes through the waiter's [`HandCells`] cell when it has one, which the waiter reads
+//! without taking the shard's lock; such a waiter is filed by its cell, so the hand-off
+//! finds it without hashing. Any other request is told through a `oneshot` channel: a
+//! retry (same request id) may join its wait, and each of its waiters is sent the
+//! outcome.
 
 use std::hash::Hash;
 use std::pin::Pin;
@@ -19,7 +20,7 @@ use smallvec::SmallVec;
 use tokio::sync::oneshot;
 use tumbler_core::{Grant, HandOff, RequestId};
 
-use super::engine::{Admitted, Engine};
+use super::engine::{Admitted, Engine, Map};
 
 type CoreResult<T> = tumbler_core::Result<T>;
 
@@ -30,25 +31,20 @@ pub(super) enum Delivery<K> {
     Handed(HandOff),
 }
 
-/// The waiter of a request living in its shard, as the shard files it.
+/// The waiter of a request living in its shard, as the shard files it in
+/// [`HomeWaiters::entries`].
 pub(super) enum HomeWait<K> {
-    /// Still waiting, with the waker of its latest poll (none before its first) and its
-    /// [`HandCells`] cell, when it has one.
-    Waiting { waker: Option<Waker>, cell: Option<usize> },
+    /// Still waiting, with the waker of its latest poll (none before its first).
+    Waiting { waker: Option<Waker> },
     /// Decided, for the waiter's next poll to take.
     Decided(Delivery<K>),
 }
 
 impl<K> HomeWait<K> {
-    /// A waiter that has not been polled yet.
-    pub fn new(cell: Option<usize>) -> Self {
-        HomeWait::Waiting { waker: None, cell }
-    }
-
     /// Records the request's outcome; answers whom to wake once the shard is unlocked.
     pub fn decide(&mut self, delivery: Delivery<K>) -> Option<Waker> {
         match std::mem::replace(self, HomeWait::Decided(delivery)) {
-            HomeWait::Waiting { waker, .. } => waker,
+            HomeWait::Waiting { waker } => waker,
             HomeWait::Decided(_) => unreachable!("BUG: a request was decided twice"),
         }
     }
@@ -58,13 +54,124 @@ impl<K> HomeWait<K> {
     pub fn poll(&mut self, cx: &Context<'_>) -> Poll<()> {
         match self {
             HomeWait::Decided(_) => Poll::Ready(()),
-            HomeWait::Waiting { waker, .. } => {
-                if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                    *waker = Some(cx.waker().clone());
-                }
+            HomeWait::Waiting { waker } => {
+                keep_waker(waker, cx);
                 Poll::Pending
             }
         }
+    }
+}
+
+/// Keeps `cx`'s waker in `slot`, unless the one there wakes the same task.
+fn keep_waker(slot: &mut Option<Waker>, cx: &Context<'_>) {
+    if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+        *slot = Some(cx.waker().clone());
+    }
+}
+
+/// The waiters of the requests living in one shard ([`RequestId::home`]), read and written
+/// under the shard's lock.
+///
+/// A waiter with a [`HandCells`] cell is filed by its cell while it waits, so that the
+/// hand-off of a hot key finds it by comparing at most [`HAND_CELLS`] ids, with no hashing
+/// and nothing to remove from a map. Waiters without a cell, and every outcome told the
+/// locked way (an error, a grant by the coordinator, a hand-off with an expiry), are
+/// entries of a map by request id; a waiter with a cell that is told the locked way keeps
+/// its cell reserved until it takes its outcome, so the cell cannot be given to another
+/// waiter meanwhile.
+pub(super) struct HomeWaiters<K> {
+    /// By cell: the request of the waiter waiting there, `0` for none (a request living in
+    /// a shard never has id 0: its low bits name the shard).
+    requests: [u64; HAND_CELLS],
+    /// By cell: the waker of that waiter's latest poll.
+    wakers: [Option<Waker>; HAND_CELLS],
+    entries: Map<RequestId, HomeWait<K>>,
+}
+
+impl<K> Default for HomeWaiters<K> {
+    fn default() -> Self {
+        HomeWaiters { requests: [0; HAND_CELLS], wakers: Default::default(), entries: Map::default() }
+    }
+}
+
+impl<K> HomeWaiters<K> {
+    /// Files the waiter of `request`, which starts to wait, by its `cell` when it has one.
+    pub fn file(&mut self, request: RequestId, cell: Option<usize>) {
+        match cell {
+            Some(cell) => {
+                debug_assert_eq!(self.requests[cell], 0, "BUG: filing a waiter in a cell that has one");
+                self.requests[cell] = request.0;
+            }
+            None => {
+                self.entries.insert(request, HomeWait::Waiting { waker: None });
+            }
+        }
+    }
+
+    /// The cell `request` waits in, if it waits in one.
+    fn cell_of(&self, request: RequestId) -> Option<usize> {
+        self.requests.iter().position(|r| *r == request.0)
+    }
+
+    /// Whether `request` (with `cell`, if any) still waits: then keeps `cx`'s waker to be
+    /// woken with its outcome. `Ready` when it has an outcome, for [`HomeWaiters::take`].
+    pub fn poll(&mut self, request: RequestId, cell: Option<usize>, cx: &Context<'_>) -> Poll<()> {
+        if let Some(cell) = cell.filter(|cell| self.requests[*cell] == request.0) {
+            keep_waker(&mut self.wakers[cell], cx);
+            return Poll::Pending;
+        }
+        self.entries.get_mut(&request).map_or(Poll::Ready(()), |wait| wait.poll(cx))
+    }
+
+    /// Tells the waiter of a request that the key was handed to it: through its cell in
+    /// `cells` when it has one and the hand-off is a token alone (it then leaves this
+    /// filing), else the locked way. Answers whom to wake.
+    pub fn hand(&mut self, cells: &HandCells, handed: HandOff) -> Option<Waker> {
+        if handed.expires_at.is_none() {
+            if let Some(cell) = self.cell_of(handed.request) {
+                cells.hand(cell, handed.fencing_token);
+                self.requests[cell] = 0;
+                return self.wakers[cell].take();
+            }
+        }
+        self.decide(handed.request, Delivery::Handed(handed))
+    }
+
+    /// Records the outcome of `request` for its waiter's next poll; answers whom to wake.
+    pub fn decide(&mut self, request: RequestId, delivery: Delivery<K>) -> Option<Waker> {
+        if let Some(cell) = self.cell_of(request) {
+            // Its cell stays reserved until the waiter takes the outcome (`take`).
+            self.requests[cell] = 0;
+            self.entries.insert(request, HomeWait::Decided(delivery));
+            return self.wakers[cell].take();
+        }
+        let wait = self.entries.get_mut(&request);
+        debug_assert!(wait.is_some(), "BUG: a request decided with no waiter");
+        wait.and_then(|wait| wait.decide(delivery))
+    }
+
+    /// Takes out the waiter of `request` (with `cell`, if any, which is freed in `cells`):
+    /// still waiting, or with its outcome. A request handed its key through its cell has
+    /// nothing filed any more, and is answered as decided with that hand-off.
+    pub fn take(&mut self, cells: &HandCells, request: RequestId, cell: Option<usize>) -> Option<HomeWait<K>> {
+        if let Some(wait) = self.entries.remove(&request) {
+            if let Some(cell) = cell {
+                cells.free(cell);
+            }
+            return Some(wait);
+        }
+        if let Some(cell) = cell.filter(|cell| self.requests[*cell] == request.0) {
+            self.requests[cell] = 0;
+            cells.free(cell);
+            return Some(HomeWait::Waiting { waker: self.wakers[cell].take() });
+        }
+        cells.handed(cell, request).map(|handed| HomeWait::Decided(Delivery::Handed(handed)))
+    }
+
+    /// How many waiters are filed.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.entries.len() + self.requests.iter().filter(|r| **r != 0).count()
     }
 }
 
@@ -121,6 +228,13 @@ impl HandCells {
         }
         self.0[cell].store(FREE, Ordering::Release);
         Some(value - 2)
+    }
+
+    /// The hand-off to `request` written into its `cell` (if it has one), freeing the cell;
+    /// `None` while it waits.
+    pub fn handed(&self, cell: Option<usize>, request: RequestId) -> Option<HandOff> {
+        let fencing_token = self.take(cell?)?;
+        Some(HandOff { request, fencing_token, expires_at: None })
     }
 
     /// Frees the waiting `cell` of a waiter that leaves or is told its outcome the locked
