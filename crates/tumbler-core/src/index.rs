@@ -69,32 +69,24 @@ impl<I: Hash + Eq + Clone, V: Items> Index<I, V> {
     /// Changes the items of `id` with `change`, in one lookup (an id without an entry
     /// starts with none).
     pub fn change<R>(&mut self, id: &I, change: impl FnOnce(&mut V) -> R) -> R {
-        match self.slots.get(id) {
-            Some(&slot) => self.change_at(slot, change),
-            None => {
-                let mut items = V::default();
-                let answer = change(&mut items);
-                if !items.is_empty() {
-                    self.insert(id, items);
-                }
-                answer
-            }
-        }
+        self.change_filed(id, change).1
     }
 
     /// Adds to the items of `id` with `add`, which must leave at least one; answers the
     /// slot they sit in, valid for as long as the item added stays.
     pub fn add(&mut self, id: &I, add: impl FnOnce(&mut V)) -> Slot {
+        self.change_filed(id, add).0.expect("BUG: Index::add added nothing")
+    }
+
+    /// [`Index::change`], answering also the slot of `id`'s items, if it has any after.
+    fn change_filed<R>(&mut self, id: &I, change: impl FnOnce(&mut V) -> R) -> (Option<Slot>, R) {
         match self.slots.get(id) {
-            Some(&slot) => {
-                self.change_at(slot, add);
-                slot
-            }
+            Some(&slot) => (Some(slot), self.change_at(slot, change)),
             None => {
                 let mut items = V::default();
-                add(&mut items);
-                debug_assert!(!items.is_empty(), "BUG: Index::add added nothing");
-                self.insert(id, items)
+                let answer = change(&mut items);
+                let slot = (!items.is_empty()).then(|| self.insert(id, items));
+                (slot, answer)
             }
         }
     }

@@ -1001,7 +1001,9 @@ fn hands_off(ks: &KeyState) -> bool {
         return false;
     }
     if ks.queue.len() == 1 {
-        // The hot key's usual queue: one waiter, which is not the holder.
+        // The hot key's usual queue: one waiter, which is not the holder. Checked without
+        // iterating the queue: the general rule below says the same, at about 80 more
+        // instructions per hand-off (a deque's iterator walks two slices).
         return !head.owner.same(&hold.owner);
     }
     if ks.queue.iter().any(|e| e.owner.same(&hold.owner)) {

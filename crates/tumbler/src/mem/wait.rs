@@ -220,21 +220,16 @@ impl HandCells {
         self.0[cell].store(token + 2, Ordering::Release);
     }
 
-    /// The token handed through `cell`, freeing it; `None` while it waits.
-    pub fn take(&self, cell: usize) -> Option<u64> {
-        let value = self.0[cell].load(Ordering::Acquire);
+    /// The hand-off to `request` written into its `cell` (if it has one), freeing the cell;
+    /// `None` while it waits. The one change made without the shard's lock.
+    pub fn handed(&self, cell: Option<usize>, request: RequestId) -> Option<HandOff> {
+        let cell = &self.0[cell?];
+        let value = cell.load(Ordering::Acquire);
         if value < 2 {
             return None;
         }
-        self.0[cell].store(FREE, Ordering::Release);
-        Some(value - 2)
-    }
-
-    /// The hand-off to `request` written into its `cell` (if it has one), freeing the cell;
-    /// `None` while it waits.
-    pub fn handed(&self, cell: Option<usize>, request: RequestId) -> Option<HandOff> {
-        let fencing_token = self.take(cell?)?;
-        Some(HandOff { request, fencing_token, expires_at: None })
+        cell.store(FREE, Ordering::Release);
+        Some(HandOff { request, fencing_token: value - 2, expires_at: None })
     }
 
     /// Frees the waiting `cell` of a waiter that leaves or is told its outcome the locked
@@ -297,7 +292,7 @@ pub(super) fn deliver<K: Clone>(mut txs: WakeSenders<K>, outcome: CoreResult<Gra
 
 /// Where a [`WaitFor`] learns its outcome.
 pub(super) enum Source<K> {
-    /// Filed with shard `shard` as a [`HomeWait`], and handed its key through `cell` when it
+    /// Filed with shard `shard` (in its [`HomeWaiters`]), and handed its key through `cell` when it
     /// has one; the request asked for `key` (repeated keys are folded, so it is its only
     /// one), which is what it is handed.
     Home { shard: usize, cell: Option<usize>, key: K },
