@@ -95,10 +95,15 @@ impl OwnerSignals {
 
     /// A guard of `holds` is gone: forgets the marks of those holds that it was the last
     /// guard of.
+    // Inlined: every release asks, and almost always there is nothing to forget.
+    #[inline]
     pub fn forget(&self, holds: impl IntoIterator<Item = HoldId>) {
-        if self.marked.load(Ordering::Acquire) == 0 && self.sibling_count.load(Ordering::Acquire) == 0 {
-            return;
+        if self.marked.load(Ordering::Acquire) != 0 || self.sibling_count.load(Ordering::Acquire) != 0 {
+            self.forget_marked(holds);
         }
+    }
+
+    fn forget_marked(&self, holds: impl IntoIterator<Item = HoldId>) {
         let mut siblings = self.siblings.lock();
         let mut lost = self.lost.lock();
         for h in holds {

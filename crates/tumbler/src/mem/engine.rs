@@ -44,6 +44,15 @@ pub enum Admitted<K> {
     /// its grant is [`HandOff::grant`] of those.
     Handed(K, HandOff),
 }
+
+/// What [`Engine::start`] answers: the admission, or the wait for it.
+pub(super) enum Started<'e, K: Hash + Eq + Clone + Send + Sync + 'static> {
+    /// Admitted at once.
+    Admitted(Admitted<K>),
+    /// Queued: the wait for the outcome.
+    Waiting(WaitFor<'e, K>),
+}
+
 /// Keeps each shard's mutex on its own cache lines, so that two cores working on keys of
 /// different shards do not slow each other down through false sharing.
 #[repr(align(128))]
@@ -206,13 +215,27 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
     /// # Errors
     /// The core's errors.
     pub async fn admit(&self, req: Acquire<K>) -> CoreResult<Admitted<K>> {
+        match self.start(req)? {
+            Started::Admitted(admitted) => Ok(admitted),
+            Started::Waiting(wait) => wait.await,
+        }
+    }
+
+    /// The part of [`Engine::admit`] that does not wait: the request is admitted at once,
+    /// fails, or is queued and answered as the wait for its outcome, which withdraws it
+    /// when dropped. For a caller that polls the wait inside its own future (the in-process
+    /// locker), so that a hand-off completes through one poll, not a stack of them.
+    ///
+    /// # Errors
+    /// The core's errors.
+    pub(super) fn start(&self, req: Acquire<K>) -> CoreResult<Started<'_, K>> {
         let now = self.now();
         if req.keys.len() == 1 && req.session.is_none() {
             let shard = self.inner.layout.shard_of(&req.keys[0]);
             let fast = self.on_shard(shard, |shard, _, fx| shard.try_acquire(&req, now, fx));
             if let Ok(answer) = fast {
                 return answer.map(|a| match a {
-                    Acquired::Granted(grant) => Admitted::Granted(grant),
+                    Acquired::Granted(grant) => Started::Admitted(Admitted::Granted(grant)),
                     Acquired::Waiting { .. } => unreachable!("BUG: a shard never queues"),
                 });
             }
@@ -244,10 +267,10 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
             (answer, from)
         });
         self.settle(fx, wakes);
-        match answer? {
-            Acquired::Granted(grant) => Ok(Admitted::Granted(grant)),
-            Acquired::Waiting { request, .. } => WaitFor { engine: self, request, from }.await,
-        }
+        Ok(match answer? {
+            Acquired::Granted(grant) => Started::Admitted(Admitted::Granted(grant)),
+            Acquired::Waiting { request, .. } => Started::Waiting(WaitFor { engine: self, request, from }),
+        })
     }
 
     /// Releases one level of a hold; see [`tumbler_core::Coordinator::release`].
@@ -607,6 +630,13 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
         decided
     }
 
+    /// The hand-off written into `cell` of shard `shard` for `request`, if there is one,
+    /// freeing the cell: how a plain hand-off reaches its waiter without the shard's lock.
+    #[inline]
+    pub(super) fn handed_through(&self, shard: usize, cell: usize, request: RequestId) -> Option<HandOff> {
+        self.inner.cells[shard].0.handed(Some(cell), request)
+    }
+
     /// The outcome of request `request`, filed with shard `shard`, when it has one; else
     /// keeps `cx`'s waker to be woken with it.
     pub(super) fn poll_home(
@@ -617,9 +647,6 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
         cx: &Context<'_>,
     ) -> Poll<Delivery<K>> {
         let cells = &self.inner.cells[shard].0;
-        if let Some(handed) = cells.handed(cell, request) {
-            return Poll::Ready(Delivery::Handed(handed));
-        }
         let mut slot = self.inner.shards[shard].0.lock();
         if slot.waiters.poll(request, cell, cx).is_pending() {
             return Poll::Pending;

@@ -1,14 +1,18 @@
 //! Owners and guards of the in-process backend.
 
 use std::fmt;
+use std::future::Future;
 use std::hash::Hash;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 
 use smallvec::SmallVec;
-use tumbler_core::{Acquire, Config, KeyStatus, LostReason, Mode, OwnerId};
+use tumbler_core::{Acquire, Config, Grant, KeyStatus, LostReason, Mode, OwnerId};
 
-use super::engine::{Admitted, Engine, DEFAULT_SHARDS};
+use super::engine::{Admitted, Engine, Started, DEFAULT_SHARDS};
+use super::wait::WaitFor;
 use crate::error::{Error, Result};
 use crate::locker::{Capabilities, LockGuard, Locker};
 use crate::lost::OwnerSignals;
@@ -159,15 +163,21 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> MemLocker<K> {
     /// The guard of what a request in `mode` was admitted to. `owner` is this owner's
     /// shared state, cloned before the wait so that a waiter handed its key touches no
     /// reference count.
+    // Always inlined: it is the last step of every hand-off's completing poll.
+    #[inline(always)]
     fn guard(&self, owner: Arc<OwnerShared<K>>, mode: Mode, admitted: Admitted<K>) -> MemGuard<K> {
-        let grant = match admitted {
+        match admitted {
             // A new hold of count 1 that no other guard stands for.
             Admitted::Handed(key, handed) => {
                 let holds = SmallVec::from_buf([(key, handed.fencing_token)]);
-                return MemGuard { owner, mode, holds, released: false };
+                MemGuard { owner, mode, holds, released: false }
             }
-            Admitted::Granted(grant) => grant,
-        };
+            Admitted::Granted(grant) => self.granted_guard(owner, grant),
+        }
+    }
+
+    /// The guard of a grant the core made.
+    fn granted_guard(&self, owner: Arc<OwnerShared<K>>, grant: Grant<K>) -> MemGuard<K> {
         for hold in &grant.holds {
             // A re-entry or a retry: another guard already stands for this hold.
             if hold.count > 1 || grant.retried {
@@ -183,11 +193,8 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> MemLocker<K> {
         MemGuard { owner, mode: grant.mode, holds, released: false }
     }
 
-    async fn admit(&self, keys: SmallVec<[K; 1]>, options: AcquireOptions) -> Result<MemGuard<K>> {
-        let req = self.request(keys, options);
-        let (owner, mode) = (self.shared().clone(), req.mode);
-        let admitted = owner.engine.admit(req).await?;
-        Ok(self.guard(owner, mode, admitted))
+    fn admit(&self, keys: SmallVec<[K; 1]>, options: AcquireOptions) -> Acquiring<'_, K> {
+        Acquiring { locker: self, step: Step::Ask(keys, options) }
     }
 
     fn request(&self, keys: SmallVec<[K; 1]>, options: AcquireOptions) -> Acquire<K> {
@@ -216,16 +223,68 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Locker for MemLocker<K> {
         self.shared().id.as_str()
     }
 
-    async fn acquire(&self, key: K, options: AcquireOptions) -> Result<MemGuard<K>> {
-        self.admit(SmallVec::from_buf([key]), options).await
+    fn acquire(&self, key: K, options: AcquireOptions) -> impl Future<Output = Result<MemGuard<K>>> + Send {
+        self.admit(SmallVec::from_buf([key]), options)
     }
 
-    async fn acquire_all(&self, keys: Vec<K>, options: AcquireOptions) -> Result<MemGuard<K>> {
-        self.admit(keys.into(), options).await
+    fn acquire_all(&self, keys: Vec<K>, options: AcquireOptions) -> impl Future<Output = Result<MemGuard<K>>> + Send {
+        self.admit(keys.into(), options)
     }
 
     async fn goodbye(&self) -> Result<usize> {
         Ok(self.shared().engine.end_owner(&self.shared().id, true))
+    }
+}
+
+/// An acquire of [`MemLocker`] under way. One future, not a stack of `async fn`s: the poll
+/// that completes a wait (the key handed to it) takes the outcome and makes the guard in
+/// one step, which is the waiter's whole share of a hand-off's latency.
+///
+/// Asks on its first poll, as an `async fn` would. Dropping it while it waits withdraws
+/// the request (see [`WaitFor`]).
+struct Acquiring<'a, K: Hash + Eq + Clone + Send + Sync + 'static> {
+    locker: &'a MemLocker<K>,
+    step: Step<'a, K>,
+}
+
+enum Step<'a, K: Hash + Eq + Clone + Send + Sync + 'static> {
+    /// Not asked yet.
+    Ask(SmallVec<[K; 1]>, AcquireOptions),
+    /// Queued. `owner` is this owner's shared state, cloned before the wait so that a
+    /// waiter handed its key touches no reference count.
+    Waiting { owner: Arc<OwnerShared<K>>, mode: Mode, wait: WaitFor<'a, K> },
+    /// Answered.
+    Done,
+}
+
+// Nothing is pinned in place: every part of an acquire may move between polls.
+impl<K: Hash + Eq + Clone + Send + Sync + 'static> Unpin for Acquiring<'_, K> {}
+
+impl<K: Hash + Eq + Clone + Send + Sync + 'static> Future for Acquiring<'_, K> {
+    type Output = Result<MemGuard<K>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let locker = this.locker;
+        if let Step::Ask(..) = this.step {
+            let Step::Ask(keys, options) = std::mem::replace(&mut this.step, Step::Done) else { unreachable!() };
+            let req = locker.request(keys, options);
+            let (owner, mode) = (locker.shared().clone(), req.mode);
+            match locker.shared().engine.start(req) {
+                Err(e) => return Poll::Ready(Err(e.into())),
+                Ok(Started::Admitted(admitted)) => return Poll::Ready(Ok(locker.guard(owner, mode, admitted))),
+                Ok(Started::Waiting(wait)) => this.step = Step::Waiting { owner, mode, wait },
+            }
+        }
+        let Step::Waiting { wait, .. } = &mut this.step else {
+            panic!("an acquire polled after it was answered");
+        };
+        let admitted = ready!(Pin::new(wait).poll(cx));
+        let Step::Waiting { owner, mode, .. } = std::mem::replace(&mut this.step, Step::Done) else { unreachable!() };
+        Poll::Ready(match admitted {
+            Ok(admitted) => Ok(locker.guard(owner, mode, admitted)),
+            Err(e) => Err(e.into()),
+        })
     }
 }
 

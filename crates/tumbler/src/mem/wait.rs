@@ -222,6 +222,7 @@ impl HandCells {
 
     /// The hand-off to `request` written into its `cell` (if it has one), freeing the cell;
     /// `None` while it waits. The one change made without the shard's lock.
+    #[inline]
     pub fn handed(&self, cell: Option<usize>, request: RequestId) -> Option<HandOff> {
         let cell = &self.0[cell?];
         let value = cell.load(Ordering::Acquire);
@@ -326,7 +327,11 @@ fn admitted<K>(delivery: Delivery<K>, key: Option<K>) -> CoreResult<Admitted<K>>
 impl<K: Hash + Eq + Clone + Send + Sync + 'static> std::future::Future for WaitFor<'_, K> {
     type Output = CoreResult<Admitted<K>>;
 
+    #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Some((key, handed)) = self.take_handed() {
+            return Poll::Ready(Ok(Admitted::Handed(key, handed)));
+        }
         let (engine, request) = (self.engine, self.request);
         let delivery = match self.from.as_mut().expect("BUG: a wait polled after its outcome") {
             Source::Home { shard, cell, .. } => match engine.poll_home(*shard, *cell, request, cx) {
@@ -350,11 +355,35 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> std::future::Future for WaitF
 }
 
 impl<K: Hash + Eq + Clone + Send + Sync + 'static> Drop for WaitFor<'_, K> {
+    #[inline]
     fn drop(&mut self) {
-        let (delivery, key) = match self.from.take() {
-            None => return,
-            Some(Source::Home { cell, key, .. }) => (self.engine.cancel(self.request, Some(&key), cell), Some(key)),
-            Some(Source::Central(mut rx)) => {
+        if let Some(from) = self.from.take() {
+            self.withdraw(from);
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone + Send + Sync + 'static> WaitFor<'_, K> {
+    /// The key handed to this wait through its cell, with the hand-off, when that is its
+    /// outcome: the wait is then over. Checked without the shard's lock, before a poll.
+    #[inline]
+    fn take_handed(&mut self) -> Option<(K, HandOff)> {
+        let Some(Source::Home { shard, cell: Some(cell), .. }) = &self.from else {
+            return None;
+        };
+        let handed = self.engine.handed_through(*shard, *cell, self.request)?;
+        let Some(Source::Home { key, .. }) = self.from.take() else {
+            unreachable!("BUG: a wait's source changed under it")
+        };
+        Some((key, handed))
+    }
+
+    /// Withdraws the request of a wait dropped before its outcome, which still learns it
+    /// `from` there; releases a grant that raced with the drop.
+    fn withdraw(&self, from: Source<K>) {
+        let (delivery, key) = match from {
+            Source::Home { cell, key, .. } => (self.engine.cancel(self.request, Some(&key), cell), Some(key)),
+            Source::Central(mut rx) => {
                 // Close first: from here on a grant either is already in the channel (we take
                 // it and release it) or fails to send (the engine releases it).
                 rx.close();
