@@ -103,6 +103,17 @@ impl<I: Hash + Eq + Clone, V: Items> Index<I, V> {
         answer
     }
 
+    /// [`Index::change_at`] for a change that keeps at least one item in `slot`, which has
+    /// some before: it skips the count of empty entries (checked in debug builds).
+    #[inline]
+    pub fn change_kept<R>(&mut self, slot: Slot, change: impl FnOnce(&mut V) -> R) -> R {
+        let items = &mut self.items[slot as usize];
+        debug_assert!(!items.is_empty(), "BUG: Index::change_kept on an empty entry");
+        let answer = change(items);
+        debug_assert!(!items.is_empty(), "BUG: Index::change_kept emptied an entry");
+        answer
+    }
+
     /// The items of `id`, when it has an entry.
     pub fn entry(&self, id: &I) -> Option<&V> {
         self.slots.get(id).map(|slot| &self.items[*slot as usize])
@@ -177,8 +188,13 @@ impl<I: Hash + Eq + Clone, A: Array> Index<I, SmallVec<A>> {
 }
 
 /// Removes the first item of `items` that `matches` (the order of the others may change).
+#[inline]
 pub(crate) fn remove_first<A: Array>(items: &mut SmallVec<A>, matches: impl Fn(&A::Item) -> bool) {
-    if let Some(pos) = items.iter().position(matches) {
+    let items_now = items.as_slice();
+    // Most lists hold one item (an owner's one hold or wait of a hot key): pop it directly.
+    if items_now.len() == 1 && matches(&items_now[0]) {
+        items.pop();
+    } else if let Some(pos) = items_now.iter().position(matches) {
         items.swap_remove(pos);
     }
 }
