@@ -247,6 +247,7 @@ struct Acquiring<'a, K: Hash + Eq + Clone + Send + Sync + 'static> {
     step: Step<'a, K>,
 }
 
+/// How far an [`Acquiring`] has got.
 enum Step<'a, K: Hash + Eq + Clone + Send + Sync + 'static> {
     /// Not asked yet.
     Ask(SmallVec<[K; 1]>, AcquireOptions),
