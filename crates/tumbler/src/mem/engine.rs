@@ -206,8 +206,9 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
     }
 
     /// [`Engine::acquire`], answering a key handed to the request by a release as that key
-    /// and the [`HandOff`], for a caller that needs less than a whole [`Grant`] (the
-    /// in-process locker: no id is cloned or dropped while the waiter takes the key).
+    /// and the [`HandOff`], for a caller that needs less than a whole [`Grant`]: no id is
+    /// cloned or dropped while the waiter takes the key. (The in-process locker goes one
+    /// step further and polls the wait inside its own future: `Engine::start`.)
     ///
     /// # Cancel safety
     /// As [`Engine::acquire`].
