@@ -256,7 +256,7 @@ mod tests {
     }
 
     #[test]
-    #[should_panic]
+    #[should_panic(expected = "index out of bounds")]
     fn an_unfiled_slot_is_refused() {
         let mut index: Index<u32, SmallVec<[u32; 1]>> = Index::default();
         index.push(&1, 1);

@@ -496,14 +496,14 @@ impl<K: Hash + Eq + Clone> Books<K> {
     #[inline(always)]
     fn leave(&mut self, key: &K, hold: &Hold) {
         if hold.expiry.is_some() || hold.session.is_some() {
-            self.leave_timed(key, hold);
+            self.leave_timer_and_session(key, hold);
         }
         self.owners.change_at(hold.owner_slot, |items| items.forget_hold(key, hold.mode));
     }
 
     /// The part of [`Books::leave`] for a hold with an expiry or a session.
     #[inline(never)]
-    fn leave_timed(&mut self, key: &K, hold: &Hold) {
+    fn leave_timer_and_session(&mut self, key: &K, hold: &Hold) {
         if let Some(timer) = hold.expiry {
             self.timers.remove(&timer);
         }

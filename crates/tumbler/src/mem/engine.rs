@@ -35,9 +35,10 @@ type CoreResult<T> = tumbler_core::Result<T>;
 /// The engine's maps are looked up on every hand-off: foldhash, as in the core's tables,
 /// instead of std's slower SipHash.
 pub(super) type Map<K, V> = HashMap<K, V, foldhash::quality::RandomState>;
-/// What [`Engine::admit`] answers: the request's grant, or the key handed to it.
+/// What a request was admitted to ([`Engine::start`], [`WaitFor`]): its grant, or the key
+/// handed to it.
 #[derive(Debug)]
-pub enum Admitted<K> {
+pub(super) enum Admitted<K> {
     /// The grant, as the core made it.
     Granted(Grant<K>),
     /// A release handed the request's one key to it, as the request's owner, in its mode:
@@ -199,33 +200,21 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Engine<K> {
     /// The core's errors.
     pub async fn acquire(&self, req: Acquire<K>) -> CoreResult<Grant<K>> {
         let (owner, mode) = (req.owner.clone(), req.mode);
-        Ok(match self.admit(req).await? {
+        let admitted = match self.start(req)? {
+            Started::Admitted(admitted) => admitted,
+            Started::Waiting(wait) => wait.await?,
+        };
+        Ok(match admitted {
             Admitted::Granted(grant) => grant,
             Admitted::Handed(key, handed) => handed.grant(key, owner, mode),
         })
     }
 
-    /// [`Engine::acquire`], answering a key handed to the request by a release as that key
-    /// and the [`HandOff`], for a caller that needs less than a whole [`Grant`]: no id is
-    /// cloned or dropped while the waiter takes the key. (The in-process locker goes one
-    /// step further and polls the wait inside its own future: `Engine::start`.)
-    ///
-    /// # Cancel safety
-    /// As [`Engine::acquire`].
-    ///
-    /// # Errors
-    /// The core's errors.
-    pub async fn admit(&self, req: Acquire<K>) -> CoreResult<Admitted<K>> {
-        match self.start(req)? {
-            Started::Admitted(admitted) => Ok(admitted),
-            Started::Waiting(wait) => wait.await,
-        }
-    }
-
-    /// The part of [`Engine::admit`] that does not wait: the request is admitted at once,
+    /// The part of [`Engine::acquire`] that does not wait: the request is admitted at once,
     /// fails, or is queued and answered as the wait for its outcome, which withdraws it
     /// when dropped. For a caller that polls the wait inside its own future (the in-process
-    /// locker), so that a hand-off completes through one poll, not a stack of them.
+    /// locker), so that a hand-off completes through one poll, not a stack of them, and
+    /// makes its guard from a handed key without a whole [`Grant`].
     ///
     /// # Errors
     /// The core's errors.

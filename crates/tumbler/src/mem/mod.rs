@@ -33,5 +33,5 @@ mod engine;
 mod locker;
 mod wait;
 
-pub use engine::{Admitted, Engine, EngineStats, Watch, DEFAULT_SHARDS, EVENT_BUFFER};
+pub use engine::{Engine, EngineStats, Watch, DEFAULT_SHARDS, EVENT_BUFFER};
 pub use locker::{MemGuard, MemLocker, MemLocks};
